@@ -1,0 +1,3 @@
+from fashionsd_x.cli import main
+
+raise SystemExit(main())
