@@ -1,0 +1,192 @@
+"""`fsdx`: one subcommand per pipeline stage; each maps onto an importable, typed stage function.
+
+Options are made from the stage function's signature (name -> --kebab-case, type, default) and its help
+from the docstring's Args section, so the CLI and the Python API cannot drift apart. Expected failures
+(bad layout, bad input, bad settings) print one line and exit with code 2 (FSDX_DEBUG=1 shows the
+traceback instead); nothing here does real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+USAGE_ERROR = 2
+
+
+class CommandError(Exception):
+    """An expected failure of a stage; the CLI prints its one-line message and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: the stage function, which of its parameters are positional, and how to show the result."""
+
+    name: str  # words after fsdx, e.g. "data build"
+    target: str  # "module:function", imported only when the command runs (keeps --help fast)
+    positional: tuple[str, ...] = ()  # parameters given without a flag
+    show: str = ""  # "module:function" printing the result and returning the exit code
+
+    def function(self) -> Callable[..., Any]:
+        return _resolve(self.target)
+
+
+COMMANDS = (
+    Command("sketch", "fashionsd_x.data.sketch:sketch_files", ("paths",), "fashionsd_x.cli_show:sketch"),
+    Command("data build", "fashionsd_x.data.build:build_dataset", (), "fashionsd_x.cli_show:data_build"),
+    Command("data synth", "fashionsd_x.data.synth:synthesize", (), "fashionsd_x.cli_show:data_synth"),
+    Command("demo", "fashionsd_x.demo:run_demo", (), "fashionsd_x.cli_show:demo"),
+)
+
+# Options whose spelling on the command line differs from the parameter name.
+FLAG_NAMES = {"num": "--num", "sketch_method": "--sketch-method"}
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attribute = target.partition(":")
+    module = __import__(module_name, fromlist=[attribute])
+    return getattr(module, attribute)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `fsdx` parser, one subparser per Command (nested for multi-word names)."""
+    parser = argparse.ArgumentParser(prog="fsdx", description=_package_doc())
+    parser.add_argument("--version", action="version", version=f"fsdx {_version()}")
+    groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
+    for command in COMMANDS:
+        *parents, leaf = command.name.split()
+        prefix = ""
+        for parent in parents:
+            key = f"{prefix} {parent}".strip()
+            if key not in groups:
+                group_parser = groups[prefix].add_parser(parent, help=f"{parent} stage commands")
+                groups[key] = group_parser.add_subparsers(dest=f"{key}_command", metavar="COMMAND")
+            prefix = key
+        function = command.function()
+        summary, description, arg_help = _parse_docstring(function.__doc__ or "")
+        sub = groups[prefix].add_parser(leaf, help=summary, description=description,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_parameters(sub, function, command.positional, arg_help)
+        sub.set_defaults(_command=command)
+    return parser
+
+
+def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positional: Sequence[str],
+                    arg_help: dict[str, str]) -> None:
+    hints = typing.get_type_hints(function)
+    for name, parameter in inspect.signature(function).parameters.items():
+        kind, is_list, choices = _describe(hints.get(name, str))
+        help_text = arg_help.get(name, "")
+        required = parameter.default is inspect.Parameter.empty
+        if kind is bool:
+            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                                default=bool(parameter.default) if not required else False, help=help_text)
+            continue
+        options: dict[str, Any] = {"type": kind, "help": help_text, "choices": choices}
+        if is_list:
+            options["nargs"] = "+"
+        if name in positional:
+            parser.add_argument(name, metavar=name.upper().rstrip("S") if is_list else name.upper(), **options)
+            continue
+        if required:
+            options["required"] = True
+        else:
+            options["default"] = parameter.default
+            options["help"] = f"{help_text} (default: {parameter.default})"
+        parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), **options)
+
+
+def _flag(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _describe(hint: Any) -> tuple[Any, bool, list | None]:
+    """(element type, is a list, choices) of a parameter annotation such as `list[Path] | None`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _describe(members[0])
+    if origin is typing.Literal:
+        values = list(typing.get_args(hint))
+        return type(values[0]), False, values
+    if origin in (list, tuple, Sequence) or (origin is not None and issubclass(origin, Sequence)):
+        kind, _, choices = _describe(typing.get_args(hint)[0])
+        return kind, True, choices
+    return (hint if hint in (int, float, str, bool, Path) else str), False, None
+
+
+def _parse_docstring(doc: str) -> tuple[str, str, dict[str, str]]:
+    """Summary line, description (without Args) and per-argument help from a Google-style docstring."""
+    lines = inspect.cleandoc(doc).splitlines() or [""]
+    arg_help: dict[str, str] = {}
+    body: list[str] = []
+    current = None
+    in_args = False
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:"):
+            in_args = True
+            continue
+        if in_args and stripped.endswith(":") and not line.startswith(" "):
+            in_args = False
+        if not in_args:
+            body.append(line)
+        elif line.startswith("    ") and not line.startswith("        ") and ":" in stripped:
+            current, _, text = stripped.partition(":")
+            current = current.split(" ")[0]
+            arg_help[current] = text.strip()
+        elif current and stripped:
+            arg_help[current] += " " + stripped
+    return lines[0], "\n".join([lines[0], *body]).strip(), arg_help
+
+
+def _package_doc() -> str:
+    return ("FashionSD-X: multimodal fashion garment synthesis with latent diffusion (sketch + text -> garment). "
+            "Run `fsdx COMMAND --help` for a stage's options.")
+
+
+def _version() -> str:
+    from fashionsd_x import __version__
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the stage function, show its result; expected errors become one line and exit code 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    command: Command | None = args.pop("_command", None)
+    if command is None:
+        parser.print_help()
+        return USAGE_ERROR
+    kwargs = {key: value for key, value in args.items() if not key.endswith("command")}
+    try:
+        result = command.function()(**kwargs)
+        return int(_resolve(command.show)(result) or 0) if command.show else 0
+    except KeyboardInterrupt:
+        print("fsdx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - only the known user-facing kinds are turned into one line
+        if not _is_user_error(error) or os.environ.get("FSDX_DEBUG"):
+            raise
+        print(f"fsdx {command.name}: error: {_one_line(error)}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _is_user_error(error: Exception) -> bool:
+    # LayoutError and ImageLoadError are ValueErrors; FileNotFoundError covers a missing input path.
+    return isinstance(error, (CommandError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""How the CLI reports each stage's result: a few lines for a person, and the exit code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+def sketch(report: Any) -> int:
+    print(f"wrote {len(report.written)} sketch(es) to {report.out}")
+    _print_skips(report.skipped)
+    return 0
+
+
+def data_build(result: Any) -> int:
+    rows = ", ".join(f"{split}: {count}" for split, count in result.report["num_rows"].items())
+    print(f"dataset written to {result.out} ({rows}); load it with datasets.load_from_disk({str(result.out)!r})")
+    print(f"report: {result.out / 'build_report.json'} ({result.num_skipped} item(s) skipped)")
+    _print_skips([(skip["path"], skip["reason"]) for skip in result.report["skipped"]])
+    return 0
+
+
+def data_synth(out: Any) -> int:
+    print(f"synthetic garments written to {out} (images/ and metadata.jsonl; build with --source folder)")
+    return 0
+
+
+def demo(result: Any) -> int:
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def _print_skips(skipped: list, shown: int = 5) -> None:
+    for path, reason in skipped[:shown]:
+        print(f"  skipped {path}: {reason}")
+    if len(skipped) > shown:
+        print(f"  ... and {len(skipped) - shown} more")
