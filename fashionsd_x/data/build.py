@@ -146,7 +146,9 @@ def run_build(config: BuildConfig) -> BuildResult:
             skipped.extend(split_skips)
         dataset = DatasetDict(splits)
         # 3. Save, report, and swap into place so OUT is never half written.
-        dataset.save_to_disk(str(work / "dataset"))
+        # An empty split would otherwise be saved without any Arrow file, which load_from_disk cannot read.
+        empty_splits = {split: 1 for split, part in dataset.items() if part.num_rows == 0}
+        dataset.save_to_disk(str(work / "dataset"), num_shards=empty_splits or None)
         report = _report(config, dataset, skipped, time.monotonic() - started)
         (work / "dataset" / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(out, ignore_errors=True)
@@ -166,6 +168,9 @@ def _build_split(records: list[Record], split: str, config: BuildConfig, work: P
     table = _records_table(records)
     features = Features({**_input_features(table), "image": ImageFeature(), "sketch": ImageFeature(),
                          "_skip": Value("string")})
+    if not records:  # map() skips empty datasets without adding columns; build the empty split directly
+        empty = Dataset.from_dict({name: [] for name in features}, features=features)
+        return empty.select_columns(_column_order(empty.column_names)), []
     dataset = Dataset.from_dict(table).map(
         process_item,
         input_columns=["_path"],

@@ -124,8 +124,8 @@ def _assign_splits(records: list[Record], test_fraction: float) -> list[Record]:
     unsplit = [record for record in records if not record.split]
     if test_fraction > 0 and len(unsplit) >= 2 and not any(r.split == "test" for r in assigned):
         # A small catalogue can hash entirely into train; move the lowest-hash item so test is never empty.
-        first = min(unsplit, key=lambda record: _unit_hash(record.id))
-        assigned = [_with_split(r, "test") if r is first else r for r in assigned]
+        first = min(unsplit, key=lambda record: _unit_hash(record.id)).id
+        assigned = [_with_split(r, "test") if r.id == first else r for r in assigned]
     return assigned
 
 

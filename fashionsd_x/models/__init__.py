@@ -1,0 +1,1 @@
+"""Model components: loading a Stable Diffusion base, the tiny architecture, the shipped model."""

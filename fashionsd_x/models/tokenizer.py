@@ -1,0 +1,62 @@
+"""The real CLIP BPE tokenizer, built offline from the vocabulary that open-clip-torch ships.
+
+Stable Diffusion 1.x uses OpenAI CLIP's tokenizer: 49,408 tokens = 256 byte symbols, the same with an
+end-of-word marker, 48,894 merges, and the start/end tokens. open_clip packages the merge list
+(bpe_simple_vocab_16e6.txt.gz); the vocabulary is derived from it exactly as CLIP's own SimpleTokenizer does.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of the file
+MAX_LENGTH = 77  # CLIP's text context, as in every SD 1.x/2.x tokenizer
+
+
+def byte_symbols() -> list[str]:
+    """CLIP's reversible byte -> unicode mapping (printable bytes map to themselves), in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[byte] for byte in printable] + [symbols[b] for b in range(256) if b not in printable]
+
+
+def clip_merges() -> list[str]:
+    """The merge rules ("a b" per line) that CLIP uses, read from open_clip's package data."""
+    data = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    lines = gzip.decompress(data).decode("utf-8").split("\n")
+    return lines[1 : NUM_MERGES + 1]  # line 0 is the file's version header
+
+
+def write_clip_tokenizer(folder: str | Path) -> Path:
+    """Write vocab.json, merges.txt and tokenizer_config.json: a tokenizer/ folder of an SD checkpoint."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = clip_merges()
+    symbols = byte_symbols()
+    vocab = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(m.split(" ")) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "bos_token": "<|startoftext|>",
+              "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer identical to openai/clip-vit-large-patch14's (the SD 1.x tokenizer)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))

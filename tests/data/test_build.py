@@ -1,0 +1,160 @@
+"""The dataset build end to end: what load_from_disk gives back, the report, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from PIL import Image
+
+from fashionsd_x.data.build import SkippedItemsError, build_dataset
+from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.data.sources import LayoutError
+from tests.conftest import garment
+
+
+def _rows(dataset_dir):
+    data = load_from_disk(str(dataset_dir))
+    return {split: [data[split][i] for i in range(data[split].num_rows)] for split in data}
+
+
+def test_dresscode_build_columns_sizes_and_report(dresscode_root, tmp_path):
+    out = tmp_path / "dc"
+    result = build_dataset("dresscode", dresscode_root, out, resolution=64)
+    data = load_from_disk(str(out))
+    assert set(data) == {"train", "test"}
+    assert data["train"].column_names == ["id", "image", "sketch", "text", "category"]
+    assert data["train"].num_rows == 4 and data["test"].num_rows == 2
+    row = data["test"][0]
+    assert isinstance(row["id"], str) and row["image"].size == (64, 64) and row["sketch"].size == (64, 64)
+    assert row["image"].mode == "RGB" and row["sketch"].mode == "L"
+    report = json.loads((out / "build_report.json").read_text())
+    assert report == json.loads(json.dumps(result.report))
+    assert report["counts"]["train"] == {"dresses": 2, "lower_body": 1, "upper_body": 1}
+    assert report["num_skipped"] == 2
+    assert {skip["id"] for skip in report["skipped"]} == {"000002", "013564"}
+    assert report["parameters"]["resolution"] == 64 and report["parameters"]["sketch"]["block_size"] == 11
+    assert {"datasets", "opencv-python-headless", "pillow", "numpy", "python"} <= set(report["versions"])
+
+
+def test_image_is_padded_not_cropped_and_sketch_is_from_padded_image(vitonhd_root, tmp_path):
+    build_dataset("vitonhd", vitonhd_root, tmp_path / "vh", resolution=64)
+    row = load_from_disk(str(tmp_path / "vh"))["train"][0]
+    pixels = np.asarray(row["image"])
+    # the portrait source (72x96) is scaled to 48x64 and padded with white left and right
+    assert (pixels[:, :6] == 255).all() and (pixels[:, -6:] == 255).all()
+    assert np.array_equal(np.asarray(row["sketch"]), np.asarray(extract_sketch(row["image"], SketchConfig())))
+
+
+def test_rebuild_is_identical_and_num_proc_does_not_change_content(synth_root, tmp_path):
+    build_dataset("folder", synth_root, tmp_path / "a", resolution=64)
+    build_dataset("folder", synth_root, tmp_path / "a", resolution=64)  # same command again replaces it
+    build_dataset("folder", synth_root, tmp_path / "b", resolution=64, num_proc=2)
+    first, second = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert first.keys() == second.keys()
+    for split in first:
+        assert [r["id"] for r in first[split]] == [r["id"] for r in second[split]]
+        for one, two in zip(first[split], second[split]):
+            assert np.array_equal(np.asarray(one["image"]), np.asarray(two["image"]))
+            assert np.array_equal(np.asarray(one["sketch"]), np.asarray(two["sketch"]))
+            assert one["text"] == two["text"] and one["color_rgb"] == two["color_rgb"]
+
+
+def test_folder_extra_fields_become_columns(synth_root, tmp_path):
+    build_dataset("folder", synth_root, tmp_path / "s", resolution=64)
+    train = load_from_disk(str(tmp_path / "s"))["train"]
+    assert {"color", "color_rgb", "pattern"} <= set(train.column_names)
+    meta = {json.loads(line)["file_name"].rsplit("/", 1)[-1].split(".")[0]: json.loads(line)
+            for line in (synth_root / "metadata.jsonl").read_text().splitlines()}
+    for row in train.select_columns(["id", "category", "color"]):
+        garment_id = row["id"].rsplit("/", 1)[-1]
+        assert (row["category"], row["color"]) == (meta[garment_id]["category"], meta[garment_id]["color"])
+    assert all(isinstance(value, list) and len(value) == 3 for value in train["color_rgb"])
+
+
+def test_limit_caps_each_split(synth_root, tmp_path):
+    result = build_dataset("folder", synth_root, tmp_path / "l", resolution=64, limit=1)
+    assert result.report["num_rows"] == {"train": 1, "test": 1}
+
+
+def _bad_catalogue(root):
+    """Every kind of bad input a catalogue can hold, beside good items of unusual formats."""
+    root.mkdir()
+    good = {}
+    garment(0).save(root / "plain.jpg")
+    garment(1).convert("CMYK").save(root / "cmyk.jpg")
+    sixteen = (np.asarray(garment(2).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(root / "deep.png")
+    garment(3).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.png")
+    rgba = garment(4).convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 255))
+    rgba.save(root / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    garment(5).save(root / "rotated.jpg", exif=exif, quality=95)
+    garment(5).save(root / "upright.jpg", quality=95)
+    for name in ("plain.jpg", "cmyk.jpg", "deep.png", "palette.png", "rgba.png", "rotated.jpg", "upright.jpg"):
+        good[name] = f"good {name}"
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.png").write_text("not an image")
+    data = (root / "plain.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    Image.new("RGB", (5, 5), "red").save(root / "tiny.png")
+    bad = {"empty.jpg": "empty file", "notes.png": "not an image", "truncated.jpg": "cannot decode", "tiny.png": "too small"}
+    rows = [{"file_name": name, "text": text, "split": "train"} for name, text in good.items()]
+    rows += [{"file_name": name, "text": "bad", "split": "train"} for name in bad]
+    rows += [{"file_name": "plain.jpg", "text": "duplicate of plain", "split": "train", "id": "plain"}]
+    garment(6).save(root / "uncaptioned.jpg")
+    (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return good, bad
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
+    good, bad = _bad_catalogue(tmp_path / "raw")
+    result = build_dataset("folder", tmp_path / "raw", tmp_path / "out", resolution=64, test_fraction=0.0)
+    train = load_from_disk(str(tmp_path / "out"))["train"]
+    assert sorted(train["id"]) == sorted(name.rsplit(".", 1)[0] for name in good)
+    skipped = {skip["path"].rsplit("/", 1)[-1]: skip["reason"] for skip in result.report["skipped"]}
+    for name, reason in bad.items():
+        assert reason in skipped[name], (name, skipped.get(name))
+    assert "uncaptioned.jpg" in skipped
+    assert any("duplicate id" in reason for reason in skipped.values())
+    images = {row["id"]: np.asarray(row["image"]) for row in train}
+    assert images["rgba"][0, 0].tolist() == [255, 255, 255]
+    assert images["deep"].mean() > 150  # 16-bit scaled, not clipped to white or black
+    # EXIF orientation 6 = "rotate 90 degrees clockwise to view": the loaded image is the upright one turned
+    upright, rotated = images["upright"].astype(int), images["rotated"].astype(int)
+    assert np.abs(np.rot90(upright, k=-1) - rotated).mean() < 6 < np.abs(upright - rotated).mean()
+
+
+def test_strict_fails_after_writing(tmp_path):
+    _bad_catalogue(tmp_path / "raw")
+    with pytest.raises(SkippedItemsError, match="skipped"):
+        build_dataset("folder", tmp_path / "raw", tmp_path / "out", resolution=64, strict=True)
+    assert (tmp_path / "out" / "build_report.json").is_file()
+
+
+def test_refuses_to_replace_a_folder_it_did_not_build(synth_root, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(LayoutError, match="not a dataset built by fsdx"):
+        build_dataset("folder", synth_root, precious, resolution=64)
+    assert (precious / "thesis.txt").is_file()
+
+
+def test_layout_mismatch_is_one_clear_error(vitonhd_root, tmp_path):
+    with pytest.raises(LayoutError, match="fine_captions.json"):
+        build_dataset("dresscode", vitonhd_root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_settings_are_rejected(synth_root, tmp_path):
+    with pytest.raises(ValueError, match="block_size"):
+        build_dataset("folder", synth_root, tmp_path / "o", block_size=4)
+    with pytest.raises(ValueError, match="resolution"):
+        build_dataset("folder", synth_root, tmp_path / "o", resolution=8)
+    shutil.rmtree(tmp_path / "o", ignore_errors=True)

@@ -1,0 +1,96 @@
+"""`fsdx` as a user types it: help texts, the data stage end to end, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from fashionsd_x.cli import COMMANDS, _flag, _parse_docstring
+
+
+def fsdx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "fsdx"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "fashionsd_x"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_top_level_help_lists_every_stage():
+    result = fsdx("--help")
+    assert result.returncode == 0
+    for word in ("sketch", "data", "demo"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
+def test_every_subcommand_explains_every_option(command):
+    result = fsdx(*command.name.split(), "--help")
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    _, _, arg_help = _parse_docstring(command.function().__doc__ or "")
+    for name in inspect.signature(command.function()).parameters:
+        assert arg_help.get(name), f"{command.name}: no help for {name}"
+        flag = name.upper().rstrip("S") if name in command.positional else _flag(name)
+        assert flag in help_text, f"{command.name}: {flag} missing from --help"
+        assert " ".join(arg_help[name].split())[:30] in help_text
+
+
+def test_data_synth_then_build_as_a_user_would(tmp_path):
+    synth = fsdx("data", "synth", "--out", tmp_path / "garments", "--num", "10", "--seed", "1", "--size", "64")
+    assert synth.returncode == 0, synth.stderr
+    assert (tmp_path / "garments" / "metadata.jsonl").is_file()
+    build = fsdx("data", "build", "--source", "folder", "--root", tmp_path / "garments", "--out", tmp_path / "ds",
+                 "--resolution", "64", "--num-proc", "2", "--sketch-method", "canny")
+    assert build.returncode == 0, build.stderr
+    assert str(tmp_path / "ds") in build.stdout
+    assert sorted(path.name for path in (tmp_path / "ds").iterdir()) == ["build_report.json", "dataset_dict.json", "test", "train"]
+    data = load_from_disk(str(tmp_path / "ds"))
+    assert data["train"].num_rows + data["test"].num_rows == 10
+    report = json.loads((tmp_path / "ds" / "build_report.json").read_text())
+    assert report["parameters"]["sketch"]["method"] == "canny" and report["parameters"]["num_proc"] == 2
+
+
+def test_sketch_command_on_files_and_folders(tmp_path, synth_root):
+    result = fsdx("sketch", synth_root / "images", synth_root / "images" / "synth_000000.png", "--out", tmp_path / "sk",
+                  "--method", "xdog", "--invert")
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in (tmp_path / "sk").rglob("*.png"))
+    assert len(written) >= 12
+
+
+def test_missing_root_is_one_line_exit_2(tmp_path):
+    result = fsdx("data", "build", "--source", "dresscode", "--root", tmp_path / "nowhere", "--out", tmp_path / "o")
+    _assert_one_line_error(result, "root not found", "nowhere")
+
+
+def test_layout_mismatch_is_one_line_exit_2(vitonhd_root, tmp_path):
+    result = fsdx("data", "build", "--source", "dresscode", "--root", vitonhd_root, "--out", tmp_path / "o")
+    _assert_one_line_error(result, "fine_captions.json")
+
+
+def test_strict_exits_non_zero_when_items_were_skipped(dresscode_root, tmp_path):
+    result = fsdx("data", "build", "--source", "dresscode", "--root", dresscode_root, "--out", tmp_path / "o",
+                  "--resolution", "64", "--strict")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # progress bars come before; the error is the last line
+    assert last.startswith("fsdx data build: error:") and "2 item(s) skipped" in last
+    assert (tmp_path / "o" / "build_report.json").is_file()
+
+
+def test_bad_option_value_is_one_line(synth_root, tmp_path):
+    result = fsdx("data", "build", "--source", "folder", "--root", synth_root, "--out", tmp_path / "o", "--block-size", "4")
+    _assert_one_line_error(result, "block_size")
