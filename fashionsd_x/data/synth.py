@@ -772,10 +772,21 @@ def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: 
 
     Item index runs from START to START + NUM - 1 and depends only on (SEED, index): the same seed gives the
     same bytes, and calls with disjoint index ranges give disjoint, consistent sets (e.g. train from 0, test
-    from 100000). CATEGORIES, COLORS, PATTERNS restrict the garments (None: all). metadata.jsonl lists exactly
-    this call's items (removed first, written last via a temporary file: a crash never leaves a complete-looking
-folder);
-    synth_*.png files from an earlier call that are not in this one are removed so folder and metadata agree.
+    from 100000). CATEGORIES, COLORS, PATTERNS restrict the garments (None: all).
+
+    metadata.jsonl lists exactly this call's items; it is removed first and written last through a temporary
+    file, so a crash never leaves a folder that looks complete. synth_*.png files from an earlier call that are
+    not in this one are removed, so folder and metadata agree.
+
+    Args:
+        out: folder to write (images/ and metadata.jsonl); build it with `fsdx data build --source folder`.
+        num: number of garments.
+        seed: seed; the same seed gives the same garments byte for byte.
+        size: side in pixels of the square images.
+        categories: only these categories (t-shirt, long-sleeve top, tank top, dress, skirt, trousers, shorts).
+        colors: only these palette colours (black, white, grey, red, orange, yellow, green, blue, navy, ...).
+        patterns: only these patterns (solid, stripes, dots, checks).
+        start: index of the first garment (disjoint ranges give disjoint sets, e.g. a held-out test set).
     """
     filters = _check_synthesize_arguments(num, seed, size, start, categories, colors, patterns)
     out = Path(out)
