@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,10 @@ def main() -> None:
         for num_proc in (1, 2):
             seconds, rows = measure(root, Path(folder) / f"out{num_proc}", args.resolution, num_proc)
             print(f"num_proc={num_proc}: {rows / seconds:6.1f} images/s ({rows} images in {seconds:.1f} s)")
+        # ru_maxrss is in KiB on Linux; workers are children of this process.
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak memory: {own:.0f} MiB main process, {workers:.0f} MiB largest worker")
 
 
 if __name__ == "__main__":
