@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 USAGE_ERROR = 2
+OVERRIDES = "overrides"  # a stage parameter of this name takes any other `--key value` as config overrides
 
 
 class CommandError(Exception):
@@ -82,6 +83,8 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
                     arg_help: dict[str, str]) -> None:
     hints = typing.get_type_hints(function)
     for name, parameter in inspect.signature(function).parameters.items():
+        if name == OVERRIDES:
+            continue  # filled from the leftover --key value pairs, see _overrides
         kind, is_list, choices = _describe(hints.get(name, str))
         help_text = arg_help.get(name, "")
         required = parameter.default is inspect.Parameter.empty
@@ -101,6 +104,23 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
             options["default"] = parameter.default
             options["help"] = f"{help_text} (default: {parameter.default})"
         parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), **options)
+
+
+def _overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """`--key value` / `--key=value` pairs left over by argparse -> {"key": "value"} config overrides."""
+    pairs: dict[str, str] = {}
+    tokens = list(extra)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--") or len(token) < 3:
+            parser.error(f"expected --key value config overrides, got {token!r}")
+        key, equals, value = token[2:].partition("=")
+        if not equals:
+            if not tokens or tokens[0].startswith("--"):
+                parser.error(f"config override --{key} needs a value")
+            value = tokens.pop(0)
+        pairs[key.replace("-", "_")] = value
+    return pairs
 
 
 def _flag(name: str) -> str:
@@ -160,12 +180,17 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the stage function, show its result; expected errors become one line and exit code 2."""
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
+    namespace, extra = parser.parse_known_args(argv)
+    args = vars(namespace)
     command: Command | None = args.pop("_command", None)
     if command is None:
         parser.print_help()
         return USAGE_ERROR
     kwargs = {key: value for key, value in args.items() if not key.endswith("command")}
+    if OVERRIDES in inspect.signature(command.function()).parameters:
+        kwargs[OVERRIDES] = _overrides(extra, parser)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         result = command.function()(**kwargs)
         return int(_resolve(command.show)(result) or 0) if command.show else 0

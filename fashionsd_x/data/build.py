@@ -29,6 +29,7 @@ from fashionsd_x.data.sources import SOURCES, LayoutError, Record, Skip, scan_so
 from fashionsd_x.data.sources.base import SPLITS
 
 REPORT_NAME = "build_report.json"
+WRITER_BATCH = 64  # rows per Arrow write: bounds memory to this many encoded images
 CORE_COLUMNS = ("id", "image", "sketch", "text", "category")
 PACKAGES = ("fashionsd-x", "datasets", "pyarrow", "opencv-python-headless", "pillow", "numpy")
 
@@ -177,7 +178,7 @@ def _build_split(records: list[Record], split: str, config: BuildConfig, work: P
         fn_kwargs={"resolution": config.resolution, "sketch": config.sketch.to_dict()},
         features=features,
         num_proc=config.num_proc if len(records) >= 2 * config.num_proc else None,
-        writer_batch_size=64,
+        writer_batch_size=WRITER_BATCH,
         cache_file_name=str(work / f"{split}.arrow"),
         desc=f"{split}: image + sketch",
     )
@@ -185,7 +186,8 @@ def _build_split(records: list[Record], split: str, config: BuildConfig, work: P
     skips = [Skip(path, f"{split}: {reason}", garment_id)
              for garment_id, path, reason in zip(table["id"], table["_path"], reasons) if reason]
     kept = [index for index, reason in enumerate(reasons) if not reason]
-    dataset = dataset.select(kept).flatten_indices(cache_file_name=str(work / f"{split}.kept.arrow"))
+    dataset = dataset.select(kept).flatten_indices(cache_file_name=str(work / f"{split}.kept.arrow"),
+                                                 writer_batch_size=WRITER_BATCH)
     return dataset.select_columns(_column_order(dataset.column_names)), skips
 
 
