@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 USAGE_ERROR = 2
 OVERRIDES = "overrides"  # a stage parameter of this name takes any other `--key value` as config overrides
+OVERRIDES_EPILOG = "Any other field of the run's config can be set as --field value (e.g. --snr-gamma 5)."
 
 
 class CommandError(Exception):
@@ -31,7 +32,8 @@ class Command:
     """A subcommand: the stage function, which of its parameters are positional, and how to show the result."""
 
     name: str  # words after fsdx, e.g. "data build"
-    target: str  # "module:function", imported only when the command runs (keeps --help fast)
+    target: str  # "module:function", imported only when this command runs or shows its help
+    summary: str  # one line for `fsdx --help` (the full help is the function's docstring)
     positional: tuple[str, ...] = ()  # parameters given without a flag
     show: str = ""  # "module:function" printing the result and returning the exit code
 
@@ -40,10 +42,14 @@ class Command:
 
 
 COMMANDS = (
-    Command("sketch", "fashionsd_x.data.sketch:sketch_files", ("paths",), "fashionsd_x.cli_show:sketch"),
-    Command("data build", "fashionsd_x.data.build:build_dataset", (), "fashionsd_x.cli_show:data_build"),
-    Command("data synth", "fashionsd_x.data.synth:synthesize", (), "fashionsd_x.cli_show:data_synth"),
-    Command("demo", "fashionsd_x.demo:run_demo", (), "fashionsd_x.cli_show:demo"),
+    Command("sketch", "fashionsd_x.data.sketch:sketch_files", "extract sketches from garment images",
+            ("paths",), "fashionsd_x.cli_show:sketch"),
+    Command("data build", "fashionsd_x.data.build:build_dataset",
+            "build a sketch-augmented Hugging Face dataset from garment photos", (), "fashionsd_x.cli_show:data_build"),
+    Command("data synth", "fashionsd_x.data.synth:synthesize", "generate synthetic flat-lay garments with captions",
+            (), "fashionsd_x.cli_show:data_synth"),
+    Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
+            "fashionsd_x.cli_show:demo"),
 )
 
 # Options whose spelling on the command line differs from the parameter name.
@@ -56,8 +62,19 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(module, attribute)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole `fsdx` parser, one subparser per Command (nested for multi-word names)."""
+def select_command(argv: Sequence[str]) -> Command | None:
+    """The command named by the leading words of argv (longest match), if any."""
+    words = []
+    for token in argv:
+        if token.startswith("-"):
+            break
+        words.append(token)
+    matches = [c for c in COMMANDS if c.name.split() == words[: len(c.name.split())]]
+    return max(matches, key=lambda c: len(c.name.split()), default=None)
+
+
+def build_parser(selected: Command | None = None) -> argparse.ArgumentParser:
+    """The `fsdx` parser; only the selected command's stage module is imported (keeps --help fast)."""
     parser = argparse.ArgumentParser(prog="fsdx", description=_package_doc())
     parser.add_argument("--version", action="version", version=f"fsdx {_version()}")
     groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
@@ -70,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                 group_parser = groups[prefix].add_parser(parent, help=f"{parent} stage commands")
                 groups[key] = group_parser.add_subparsers(dest=f"{key}_command", metavar="COMMAND")
             prefix = key
+        if command != selected:
+            groups[prefix].add_parser(leaf, help=command.summary)
+            continue
         function = command.function()
-        summary, description, arg_help = _parse_docstring(function.__doc__ or "")
-        sub = groups[prefix].add_parser(leaf, help=summary, description=description,
+        _, description, arg_help = _parse_docstring(function.__doc__ or "")
+        epilog = OVERRIDES_EPILOG if OVERRIDES in inspect.signature(function).parameters else None
+        sub = groups[prefix].add_parser(leaf, help=command.summary, description=description, epilog=epilog,
                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_parameters(sub, function, command.positional, arg_help)
         sub.set_defaults(_command=command)
@@ -90,7 +111,7 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
         required = parameter.default is inspect.Parameter.empty
         if kind is bool:
             parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                                default=bool(parameter.default) if not required else False, help=help_text)
+                                default=False if required else parameter.default, help=help_text)
             continue
         options: dict[str, Any] = {"type": kind, "help": help_text, "choices": choices}
         if is_list:
@@ -103,7 +124,8 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
         else:
             options["default"] = parameter.default
             options["help"] = f"{help_text} (default: {parameter.default})"
-        parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), **options)
+        metavar = None if choices else name.split("_")[-1].upper()  # argparse shows {a,b,c} for choices
+        parser.add_argument(_flag(name), dest=name, metavar=metavar, **options)
 
 
 def _overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -179,7 +201,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the stage function, show its result; expected errors become one line and exit code 2."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(select_command(argv))
     namespace, extra = parser.parse_known_args(argv)
     args = vars(namespace)
     command: Command | None = args.pop("_command", None)

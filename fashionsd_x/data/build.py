@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
@@ -82,11 +82,11 @@ class BuildResult:
 
 
 def build_dataset(
-    source: str,
+    source: Literal["dresscode", "vitonhd", "folder"],
     root: Path,
     out: Path,
     resolution: int = 512,
-    sketch_method: str = "adaptive",
+    sketch_method: Literal["adaptive", "canny", "xdog"] = "adaptive",
     block_size: int = 11,
     offset: float = 2.0,
     num_proc: int = 1,
