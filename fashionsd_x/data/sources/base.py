@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SPLITS = ("train", "test")
 
@@ -48,6 +48,31 @@ def require(path: Path, what: str, source: str) -> Path:
     if not path.exists():
         raise LayoutError(f"{source} layout: missing {what} {path}")
     return path
+
+
+def read_pairs(pairs: Path, suffix: str, result: Scan) -> Iterator[tuple[str, str]]:
+    """(garment id, garment file name) from the second column of a try-on pairs file ("<person> <garment>").
+
+    Lines whose garment file does not end with SUFFIX (e.g. "_1.jpg") are recorded as malformed skips.
+    """
+    for number, line in enumerate(pairs.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        names = line.split()
+        if not names:
+            continue
+        if len(names) != 2 or not names[1].endswith(suffix):
+            result.skipped.append(Skip(f"{pairs}:{number}", f"malformed pairs line {line.strip()!r}"))
+            continue
+        yield names[1][: -len(suffix)], names[1]
+
+
+def add_record(result: Scan, record: Record, caption_source: str) -> None:
+    """Keep the record if it has a caption and its image exists; otherwise record why it was skipped."""
+    if not record.text:
+        result.skipped.append(Skip(str(record.image_path), f"no caption in {caption_source}", record.id))
+    elif not record.image_path.is_file():
+        result.skipped.append(Skip(str(record.image_path), "garment image not found", record.id))
+    else:
+        result.records.append(record)
 
 
 def dedupe(scan: Scan) -> Scan:

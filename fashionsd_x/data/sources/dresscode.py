@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fashionsd_x.data.sources.base import LayoutError, Record, Scan, Skip, read_caption_json, require
+from fashionsd_x.data.sources.base import LayoutError, Record, Scan, add_record, read_caption_json, read_pairs, require
 
 CATEGORIES = ("dresses", "upper_body", "lower_body")
 PAIR_FILES = {"train": "train_pairs.txt", "test": "test_pairs_paired.txt"}
@@ -44,20 +44,7 @@ def caption_text(fine: list[str], coarse: list[str]) -> str:
 
 
 def _scan_pairs(pairs: Path, category: str, split: str, fine: dict, coarse: dict, result: Scan) -> None:
-    for number, line in enumerate(pairs.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        names = line.split()
-        if not names:
-            continue
-        where = f"{pairs}:{number}"
-        if len(names) != 2 or not names[1].endswith("_1.jpg"):
-            result.skipped.append(Skip(where, f"malformed pairs line {line.strip()!r}"))
-            continue
-        garment_id = names[1][: -len("_1.jpg")]
-        image_path = pairs.parent / "images" / names[1]
+    for garment_id, file_name in read_pairs(pairs, "_1.jpg", result):
         text = caption_text(fine.get(garment_id, []), coarse.get(garment_id, []))
-        if not text:
-            result.skipped.append(Skip(str(image_path), "no caption in fine_captions.json or coarse_captions.json", garment_id))
-        elif not image_path.is_file():
-            result.skipped.append(Skip(str(image_path), "in-shop image not found", garment_id))
-        else:
-            result.records.append(Record(garment_id, image_path, text, category, split))
+        record = Record(garment_id, pairs.parent / "images" / file_name, text, category, split)
+        add_record(result, record, "fine_captions.json or coarse_captions.json")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fashionsd_x.data.sources.base import Record, Scan, Skip, read_caption_json, require
+from fashionsd_x.data.sources.base import Record, Scan, add_record, read_caption_json, read_pairs, require
 from fashionsd_x.data.sources.dresscode import caption_text
 
 NAME = "vitonhd"
@@ -29,19 +29,6 @@ def scan(root: Path) -> Scan:
 
 
 def _scan_pairs(pairs: Path, cloth_dir: Path, split: str, captions: dict, result: Scan) -> None:
-    for number, line in enumerate(pairs.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        names = line.split()
-        if not names:
-            continue
-        if len(names) != 2 or not names[1].endswith("_00.jpg"):
-            result.skipped.append(Skip(f"{pairs}:{number}", f"malformed pairs line {line.strip()!r}"))
-            continue
-        cloth_id = names[1][: -len("_00.jpg")]
-        image_path = cloth_dir / names[1]
-        text = caption_text(captions.get(cloth_id, []), [])
-        if not text:
-            result.skipped.append(Skip(str(image_path), "no caption in captions.json", cloth_id))
-        elif not image_path.is_file():
-            result.skipped.append(Skip(str(image_path), "cloth image not found", cloth_id))
-        else:
-            result.records.append(Record(cloth_id, image_path, text, CATEGORY, split))
+    for cloth_id, file_name in read_pairs(pairs, "_00.jpg", result):
+        record = Record(cloth_id, cloth_dir / file_name, caption_text(captions.get(cloth_id, []), []), CATEGORY, split)
+        add_record(result, record, "captions.json")
