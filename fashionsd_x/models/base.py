@@ -1,0 +1,212 @@
+"""Loading a Stable Diffusion 1.x/2.x base: a Hugging Face hub id, a local diffusers folder or one .safetensors file.
+
+Every training and generation command starts here (`--base`). Components load one by one with their own classes
+(not through StableDiffusionPipeline), so no safety checker or feature extractor is needed; they load on CPU in
+float32 unless asked, and callers move and cast them. Anything that cannot be found or loaded raises
+BaseLoadError with one line saying what was tried and what to pass instead (the CLI exits with code 2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import diffusers
+import huggingface_hub.constants
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+ACCEPTED_FORMS = ("a Hugging Face hub id (owner/name), a local diffusers folder (model_index.json with unet/, vae/, "
+                  "text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint file")
+# owner/name as the Hub spells repository ids; a path that merely looks like one is tried as a path first.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H text width; SD 1.x uses CLIP ViT-L's 768
+
+T = TypeVar("T")
+
+
+class BaseLoadError(ValueError):
+    """A base that cannot be found or loaded; the message is one line: what was tried, what to pass instead."""
+
+
+@dataclass
+class Base:
+    """The components of a Stable Diffusion base, loaded once and shared by training and generation."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # training noise schedule from the base's scheduler config, maybe overridden
+    source: str  # what the user passed: hub id, or the resolved folder/file path
+    kind: str  # "hub", "folder" or "single_file"
+    sampler: SchedulerMixin | None = None  # the base's own inference scheduler (PNDM for SD 1.5, DDIM for SD 2.1)
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: "epsilon" (SD 1.x, SD 2.x 512-base) or "v_prediction" (SD 2.x 768-v)."""
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """How many pixels one latent cell covers along each side (8 for every SD 1.x/2.x VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def family(self) -> str:
+        """"sd2" for an OpenCLIP ViT-H conditioned UNet (cross-attention 1024), else "sd1" (tiny bases included)."""
+        return "sd2" if self.unet.config.cross_attention_dim == SD2_CROSS_ATTENTION_DIM else "sd1"
+
+    def resolution_multiple(self) -> int:
+        """Image sides must be a multiple of this: the VAE's downsampling times the UNet's."""
+        downsamplings = sum(1 for block in self.unet.down_blocks if block.downsamplers)
+        return self.vae_scale_factor * 2**downsamplings
+
+    def check_resolution(self, resolution: int) -> None:
+        """Raise ValueError when `resolution` pixels cannot pass through this base's VAE and UNet unchanged."""
+        multiple = self.resolution_multiple()
+        if resolution <= 0 or resolution % multiple:
+            nearest = max(multiple, round(resolution / multiple) * multiple)
+            raise ValueError(f"resolution {resolution} does not fit base {self.source}: it must be a positive "
+                             f"multiple of {multiple} (VAE x{self.vae_scale_factor} times the UNet's downsampling); "
+                             f"try {nearest}")
+
+    def pipeline(self, **extra) -> StableDiffusionPipeline:
+        """A StableDiffusionPipeline sharing these components, without a safety checker; `extra` overrides any
+        constructor argument (e.g. scheduler=...)."""
+        sampler = self.sampler or DDIMScheduler.from_config(self.noise_scheduler.config)
+        components = {
+            "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "unet": self.unet,
+            # A fresh scheduler per pipeline: set_timesteps mutates it, so pipelines must not share one.
+            "scheduler": type(sampler).from_config(sampler.config),
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
+        }
+        return StableDiffusionPipeline(**{**components, **extra})
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """True for owner/name strings; names of weight files (x/model.safetensors) are paths, never hub ids."""
+    return bool(HUB_ID.fullmatch(text)) and not text.lower().endswith((".safetensors", *PICKLE_SUFFIXES))
+
+
+def check_diffusers_folder(folder: Path) -> None:
+    """Raise BaseLoadError unless `folder` has model_index.json and the five component subfolders."""
+    if not (folder / "model_index.json").is_file():
+        files = sorted(path.name for path in folder.glob("*.safetensors"))
+        hint = f"; it holds {files[0]}: pass that file instead" if files else f"; pass {ACCEPTED_FORMS}"
+        raise BaseLoadError(f"folder {folder} is not a diffusers model (no model_index.json){hint}")
+    missing = [f"{name}/" for name in COMPONENT_FOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise BaseLoadError(f"diffusers folder {folder} has no {', '.join(missing)}; a Stable Diffusion base needs "
+                            "unet/, vae/, text_encoder/, tokenizer/ and scheduler/")
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """Raise BaseLoadError unless `path` is a .safetensors file; pickle checkpoints are refused by name."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise BaseLoadError(f"{path} is a pickle checkpoint ({suffix}); FashionSD-X does not load pickle files because "
+                            "unpickling can run arbitrary code: convert it to .safetensors and pass that file")
+    if suffix != ".safetensors":
+        raise BaseLoadError(f"{path} is not a .safetensors checkpoint; pass {ACCEPTED_FORMS}")
+
+
+def resolve_base(base: str | Path) -> tuple[str, str]:
+    """("hub" | "folder" | "single_file", normalised source) for `base`, checked without reading any weights."""
+    text = str(base)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        check_diffusers_folder(path)
+        return "folder", str(path.resolve())
+    if path.is_file():
+        check_checkpoint_file(path)
+        return "single_file", str(path.resolve())
+    if looks_like_hub_id(text):
+        return "hub", text
+    raise BaseLoadError(f"base {text!r} is no existing file or folder and no hub id; pass {ACCEPTED_FORMS}")
+
+
+def load_base(base: str | Path, config: str | Path | None = None, prediction_type: str | None = None,
+              torch_dtype: torch.dtype = torch.float32) -> Base:
+    """Load a Stable Diffusion 1.x/2.x base from a hub id, a diffusers folder or a .safetensors file.
+
+    `config` names a diffusers folder whose configs describe a single file's architecture (otherwise it is
+    detected); `prediction_type` replaces the scheduler config's value (SD 2.x 768-v needs "v_prediction").
+    """
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    kind, source = resolve_base(base)
+    if kind == "single_file":
+        # Deferred: single_file imports this module (its export takes a Base).
+        from fashionsd_x.models.single_file import load_single_file
+
+        return load_single_file(Path(source), config, prediction_type, torch_dtype)
+    if config is not None:
+        raise BaseLoadError(f"config={config} only applies to a single .safetensors file; the {kind} base {source} "
+                            "carries its own configs")
+    return load_pretrained(source, kind, prediction_type, torch_dtype)
+
+
+def load_pretrained(source: str, kind: str, prediction_type: str | None, torch_dtype: torch.dtype) -> Base:
+    """Load each component of a hub repository or diffusers folder from its subfolder (safetensors weights only)."""
+
+    def load(component: str, loader: Callable[[], T]) -> T:
+        return load_or_explain(loader, component, source, kind)
+
+    weights = {"torch_dtype": torch_dtype, "use_safetensors": True}
+    scheduler_config = load("scheduler", lambda: DDPMScheduler.load_config(source, subfolder="scheduler"))
+    tokenizer = load("tokenizer", lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"))
+    # transformers names the argument `dtype` (since 4.56; `torch_dtype` is deprecated there), diffusers `torch_dtype`.
+    text_encoder = load("text_encoder", lambda: CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", dtype=torch_dtype, use_safetensors=True))
+    vae = load("vae", lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", **weights))
+    unet = load("unet", lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights))
+    noise_scheduler, sampler = build_schedulers(scheduler_config, prediction_type, source)
+    return Base(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+                noise_scheduler=noise_scheduler, source=source, kind=kind, sampler=sampler)
+
+
+def load_or_explain(loader: Callable[[], T], component: str, source: str, kind: str) -> T:
+    """Run `loader`; turn the libraries' multi-line loading errors into one BaseLoadError line."""
+    try:
+        return loader()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        reason = first_line(error)
+        if kind == "hub" and huggingface_hub.constants.HF_HUB_OFFLINE:  # read at call time, as huggingface_hub does
+            message = (f"could not load hub id {source}: the Hub is offline (HF_HUB_OFFLINE=1) and its {component} is "
+                       f"not in the local cache ({reason}); no local path of that name exists either: pass a local "
+                       "diffusers folder or a .safetensors file")
+        elif kind == "hub":
+            message = (f"could not load hub id {source} ({component}: {reason}): offline, or no such model? No local "
+                       "path of that name exists either: pass a local diffusers folder or a .safetensors file "
+                       "(HF_HUB_OFFLINE=1 skips the network retries)")
+        else:
+            message = f"could not load the {component} of {kind} base {source}: {reason}"
+        raise BaseLoadError(message) from error
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors often span a paragraph)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def build_schedulers(config: dict, prediction_type: str | None, source: str) -> tuple[DDPMScheduler, SchedulerMixin]:
+    """The training noise schedule (DDPM) and the base's own sampler, both from one scheduler config.
+
+    An explicit `prediction_type` wins over the config in both, or a v-prediction UNet would be sampled as epsilon.
+    """
+    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    name = config.get("_class_name", "")
+    sampler_class = getattr(diffusers, name, None)
+    if not (isinstance(sampler_class, type) and issubclass(sampler_class, SchedulerMixin)):
+        raise BaseLoadError(f"scheduler class {name!r} in base {source} is not a diffusers scheduler")
+    return DDPMScheduler.from_config(config, **overrides), sampler_class.from_config(config, **overrides)
