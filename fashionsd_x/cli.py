@@ -48,6 +48,8 @@ COMMANDS = (
             "build a sketch-augmented Hugging Face dataset from garment photos", (), "fashionsd_x.cli_show:data_build"),
     Command("data synth", "fashionsd_x.data.synth:synthesize", "generate synthetic flat-lay garments with captions",
             (), "fashionsd_x.cli_show:data_synth"),
+    Command("generate", "fashionsd_x.generate:generate", "generate garments from a prompt and a sketch", (),
+            "fashionsd_x.cli_show:generate"),
     Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
             "fashionsd_x.cli_show:demo"),
 )

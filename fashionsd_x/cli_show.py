@@ -23,6 +23,12 @@ def data_synth(out: Any) -> int:
     return 0
 
 
+def generate(run: Any) -> int:
+    print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
+    _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])
+    return 0
+
+
 def demo(result: Any) -> int:
     for line in result.lines():
         print(line)

@@ -1,0 +1,477 @@
+"""Generation: a prompt and a sketch (or a photo) in, garment images out (paper step 3).
+
+One `GarmentGenerator` holds a base with its LoRA fused into the UNet and an optional ControlNet; the CLI,
+the studio and the evaluation all generate through it. Sketches go through the same preparation as in
+ControlNet training (`fashionsd_x.data.conditioning.control_image`), and a photo given instead of a sketch
+goes through the dataset stage's own `extract_sketch`, so generation sees what training saw.
+
+Reproducibility: image k of a call uses its own generator seeded with `seed + k`, so a batch of N equals N
+single calls with those seeds, and every PNG carries the parameters that reproduce it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from diffusers import (ControlNetModel, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       StableDiffusionControlNetPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
+from PIL import Image, PngImagePlugin
+from safetensors import safe_open
+
+from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
+from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.models.base import Base, load_base
+
+LOGGER = logging.getLogger(__name__)
+SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler,
+              "dpm++": DPMSolverMultistepScheduler}
+LORA_FILE = "pytorch_lora_weights.safetensors"
+ADAPTER = "fashionsd_x"  # adapter name of the loaded LoRA
+PNG_KEY = "fashionsd_x"  # PNG text chunk holding the JSON parameters; "parameters" holds the A1111-style line
+
+
+class GenerationError(ValueError):
+    """Bad input to generation (unreadable sketch, mismatched LoRA or ControlNet, ...); one line."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything that determines one generated image; stored in its PNG and in generations.jsonl."""
+
+    prompt: str  # what the garment should look like
+    negative_prompt: str = ""  # what it should not
+    seed: int = 0  # the image's own generator seed
+    steps: int = 20  # denoising steps
+    guidance_scale: float = 7.5  # classifier-free guidance weight
+    controlnet_scale: float = 1.0  # ControlNet residual weight (sketch strength)
+    lora_scale: float = 1.0  # LoRA weight fused into the UNet
+    scheduler: str = "unipc"  # one of SCHEDULERS
+    resolution: int = 512  # square output side in pixels
+    sketch: str | None = None  # path of the sketch (or photo) used, if any
+    sketch_sha256: str | None = None  # hash of the conditioning image, to check a replay uses the same one
+    from_photo: bool = False  # the sketch was extracted from a photo with `sketch_config`
+    sketch_config: dict = field(default_factory=lambda: SketchConfig().to_dict())  # extraction settings for photos
+    model: str = ""  # base as given
+    lora: str | None = None  # LoRA folder or file
+    controlnet: str | None = None  # ControlNet folder
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise GenerationError("the prompt is empty: describe the garment, e.g. 'a red striped t-shirt'")
+        if self.scheduler not in SCHEDULERS:
+            raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.steps < 1 or self.resolution < 8:
+            raise GenerationError(f"steps must be >= 1 and resolution >= 8 (got steps={self.steps}, "
+                                  f"resolution={self.resolution})")
+
+
+@dataclass
+class Generated:
+    """One image and the parameters that reproduce it."""
+
+    image: Image.Image
+    params: GenerationParams
+    sketch: Image.Image | None = None  # the conditioning sketch as the model saw it (after photo extraction)
+
+    def save(self, path: Path) -> Path:
+        """Write a PNG whose text chunks hold the parameters (JSON and an A1111-style summary)."""
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PNG_KEY, json.dumps(asdict(self.params), sort_keys=True))
+        info.add_text("parameters", _a1111_line(self.params))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.image.save(path, pnginfo=info)
+        return path
+
+
+def read_params(png: Path) -> GenerationParams:
+    """The parameters stored in a PNG written by Generated.save."""
+    with Image.open(png) as image:
+        text = image.text.get(PNG_KEY) if hasattr(image, "text") else None
+    if not text:
+        raise GenerationError(f"{png} carries no FashionSD-X parameters")
+    return GenerationParams(**json.loads(text))
+
+
+def best_device() -> torch.device:
+    """CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on CUDA (bf16 where supported, it does not overflow), float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class GarmentGenerator:
+    """A base + optional LoRA (fused) + optional ControlNet, ready to turn prompts and sketches into garments."""
+
+    def __init__(self, base: Base, lora: str | Path | None = None, controlnet: str | Path | None = None,
+                 lora_scale: float = 1.0, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 fuse_lora: bool = True) -> None:
+        self.device = torch.device(device) if device is not None else best_device()
+        self.dtype = dtype or default_dtype(self.device)
+        self.base = base
+        self.lora = str(lora) if lora else None
+        self.controlnet_path = str(controlnet) if controlnet else None
+        self.text_pipe = base.pipeline()
+        self.lora_scale = lora_scale  # the scale currently applied to the UNet
+        self.default_lora_scale = lora_scale  # what a call without lora_scale gets
+        self.fused = False
+        if lora:
+            _load_lora(self.text_pipe, Path(lora))
+            self.text_pipe.set_adapters([ADAPTER], adapter_weights=[lora_scale])
+            if fuse_lora:
+                self.text_pipe.fuse_lora()  # merged into the UNet's weights: no LoRA cost per step
+                self.fused = True
+        self.controlnet, self.invert_sketch, self.sketch_config = _load_controlnet(controlnet, base)
+        self.control_pipe = None
+        if self.controlnet is not None:
+            self.control_pipe = StableDiffusionControlNetPipeline(
+                **{k: v for k, v in self.text_pipe.components.items() if k != "image_encoder"},
+                controlnet=self.controlnet)
+        for pipe in filter(None, (self.text_pipe, self.control_pipe)):
+            _move(pipe, self.device, self.dtype)
+            pipe.set_progress_bar_config(disable=True)
+        self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def load(cls, model: str | Path, lora: str | Path | None = None, controlnet: str | Path | None = None,
+             **options: Any) -> GarmentGenerator:
+        """Load the base (hub id, diffusers folder or .safetensors file) and build the generator."""
+        device = torch.device(options.pop("device", None) or best_device())
+        dtype = options.pop("dtype", None) or default_dtype(device)
+        return cls(load_base(model, torch_dtype=dtype), lora=lora, controlnet=controlnet, device=device, dtype=dtype,
+                   **options)
+
+    @property
+    def resolution(self) -> int:
+        return self.base.unet.config.sample_size * self.base.vae_scale_factor
+
+    def __call__(self, prompt: str, sketch: str | Path | Image.Image | None = None,
+                 photo: str | Path | Image.Image | None = None, negative_prompt: str = "", num_images: int = 1,
+                 steps: int = 20, guidance_scale: float = 7.5, controlnet_scale: float = 1.0,
+                 lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
+                 resolution: int | None = None) -> list[Generated]:
+        """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet."""
+        if sketch is not None and photo is not None:
+            raise GenerationError("give a sketch or a photo, not both")
+        if num_images < 1:
+            raise GenerationError(f"num_images must be at least 1, got {num_images}")
+        resolution = resolution or self.resolution
+        self.base.check_resolution(resolution)
+        conditioning, source, digest = self._conditioning(sketch if sketch is not None else photo, photo is not None,
+                                                          resolution)
+        params = GenerationParams(
+            prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
+            controlnet_scale=controlnet_scale,
+            lora_scale=self.default_lora_scale if lora_scale is None else lora_scale,
+            scheduler=scheduler, resolution=resolution, sketch=source, sketch_sha256=digest,
+            from_photo=photo is not None, sketch_config=self.sketch_config.to_dict(), model=self.base.source,
+            lora=self.lora, controlnet=self.controlnet_path)
+        self._set_lora_scale(params.lora_scale)
+        images = self._run(params, conditioning, num_images)
+        shown = _sketch_image(conditioning, self.invert_sketch)
+        return [Generated(image, replace(params, seed=seed + k), shown) for k, image in enumerate(images)]
+
+    def _conditioning(self, source: str | Path | Image.Image | None, is_photo: bool,
+                      resolution: int) -> tuple[torch.Tensor | None, str | None, str | None]:
+        if source is None:
+            return None, None, None
+        if self.control_pipe is None:
+            raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
+        image = _open(source)
+        if is_photo:
+            image = extract_sketch(pad_to_square(image, resolution), self.sketch_config)
+        tensor = control_image(image, resolution, invert=self.invert_sketch)
+        digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
+        return tensor, (str(source) if not isinstance(source, Image.Image) else None), digest
+
+    def _run(self, params: GenerationParams, conditioning: torch.Tensor | None, count: int) -> list[Image.Image]:
+        pipe = self.control_pipe if conditioning is not None else self.text_pipe
+        pipe.scheduler = SCHEDULERS[params.scheduler].from_config(pipe.scheduler.config)
+        positive, negative = self._encode(params.prompt, params.negative_prompt)
+        # One generator per image, all on the CPU: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(params.seed + k) for k in range(count)]
+        latents = torch.stack([torch.randn(self._latent_shape(params.resolution), generator=g) for g in generators])
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=positive.expand(count, -1, -1), negative_prompt_embeds=negative.expand(count, -1, -1),
+            num_inference_steps=params.steps, guidance_scale=params.guidance_scale, height=params.resolution,
+            width=params.resolution, latents=latents.to(self.device, self.dtype), generator=generators,
+            output_type="pil")
+        if conditioning is not None:
+            kwargs.update(image=conditioning.unsqueeze(0).expand(count, -1, -1, -1).to(self.device, self.dtype),
+                          controlnet_conditioning_scale=params.controlnet_scale)
+        with torch.inference_mode():
+            return pipe(**kwargs).images
+
+    def _latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        side = resolution // self.base.vae_scale_factor
+        return (self.base.unet.config.in_channels, side, side)
+
+    def _encode(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings, computed once per (prompt, negative prompt) and reused."""
+        key = (prompt, negative)
+        if key not in self._embeddings:
+            _warn_if_truncated(self.base.tokenizer, prompt)
+            with torch.inference_mode():
+                positive, negative_embeds = self.text_pipe.encode_prompt(
+                    prompt, self.device, 1, True, negative_prompt=negative)
+            self._embeddings[key] = (positive, negative_embeds)
+        return self._embeddings[key]
+
+    def _set_lora_scale(self, scale: float) -> None:
+        if not self.lora or scale == self.lora_scale:
+            return
+        # Fusing bakes the scale into the weights: unfuse, set the adapter weight, fuse again. (The scale is not
+        # passed to fuse_lora itself: in diffusers 0.42 a later fuse_lora(lora_scale=...) keeps the first scale.)
+        if self.fused:
+            self.text_pipe.unfuse_lora()
+        self.text_pipe.set_adapters([ADAPTER], adapter_weights=[scale])
+        if self.fused:
+            self.text_pipe.fuse_lora()
+        self.lora_scale = scale
+
+
+def _move(pipe: StableDiffusionPipeline, device: torch.device, dtype: torch.dtype) -> None:
+    # Only modules not already there are moved: a no-op .to() still makes diffusers warn about fp32 modules.
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            parameter = next(module.parameters(), None)
+            if parameter is not None and (parameter.device != device or parameter.dtype != dtype):
+                module.to(device, dtype)
+
+
+def _open(source: str | Path | Image.Image) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    try:
+        return load_image(source)
+    except ImageLoadError as error:
+        raise GenerationError(f"cannot use {source} as a sketch or photo: {error}") from None
+
+
+def _sketch_image(conditioning: torch.Tensor | None, inverted: bool) -> Image.Image | None:
+    if conditioning is None:
+        return None
+    pixels = conditioning if not inverted else 1.0 - conditioning
+    return Image.fromarray((pixels[0].numpy() * 255).round().astype("uint8"), mode="L")
+
+
+def _warn_if_truncated(tokenizer, prompt: str) -> None:
+    ids = tokenizer(prompt, truncation=False).input_ids
+    if len(ids) > tokenizer.model_max_length:
+        kept = tokenizer.decode(ids[1: tokenizer.model_max_length - 1])
+        message = (f"prompt is {len(ids)} tokens, longer than the text encoder's {tokenizer.model_max_length}: "
+                   f"truncated after '...{kept[-40:]}'")
+        warnings.warn(message, stacklevel=3)
+
+
+def _load_lora(pipe: StableDiffusionPipeline, lora: Path) -> None:
+    """Load a LoRA folder or file, refusing one made for another base architecture (diffusers only warns)."""
+    file = lora / LORA_FILE if lora.is_dir() else lora
+    if not file.is_file():
+        raise GenerationError(f"no LoRA at {lora} (expected {LORA_FILE} in the folder, or a .safetensors file)")
+    _check_lora_shapes(file, pipe.unet)
+    pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER)
+
+
+def _check_lora_shapes(file: Path, unet: torch.nn.Module) -> None:
+    modules = dict(unet.named_modules())
+    checked = 0
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            if not key.startswith("unet.") or ".lora_A." not in key and ".lora.down." not in key:
+                continue
+            name = key[len("unet."):].split(".lora_A.")[0].split(".lora.down.")[0]
+            module = modules.get(name)
+            rank, features = handle.get_slice(key).get_shape()[:2]
+            expected = getattr(module, "in_features", None) or getattr(module, "in_channels", None)
+            if module is None or expected != features:
+                raise GenerationError(f"LoRA {file} was made for another base architecture: {name} takes "
+                                      f"{features} features in the LoRA, {expected} in this base's UNet")
+            checked += 1
+    if not checked:
+        raise GenerationError(f"LoRA {file} has no UNet LoRA weights in diffusers format")
+
+
+def _load_controlnet(path: str | Path | None, base: Base) -> tuple[ControlNetModel | None, bool, SketchConfig]:
+    if not path:
+        return None, False, SketchConfig()
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise GenerationError(f"no ControlNet at {folder} (expected a folder with config.json, as "
+                              "`fsdx train controlnet` writes)")
+    controlnet = ControlNetModel.from_pretrained(folder, use_safetensors=True)
+    _check_controlnet(controlnet, base, folder)
+    settings = yaml.safe_load((folder / "train_config.yaml").read_text()) if (folder / "train_config.yaml").is_file() else {}
+    sketch = SketchConfig.from_dict(settings.get("sketch") or {})
+    return controlnet.eval(), bool(settings.get("invert_sketch", False)), sketch
+
+
+def _check_controlnet(controlnet: ControlNetModel, base: Base, folder: Path) -> None:
+    unet = base.unet.config
+    for name in ("cross_attention_dim", "block_out_channels", "in_channels"):
+        theirs, ours = controlnet.config.get(name), unet.get(name)
+        if list(theirs if isinstance(theirs, (list, tuple)) else [theirs]) != list(
+                ours if isinstance(ours, (list, tuple)) else [ours]):
+            raise GenerationError(f"ControlNet {folder} does not match the base's UNet: {name} is {theirs} there "
+                                  f"and {ours} in {base.source}")
+
+
+def _a1111_line(params: GenerationParams) -> str:
+    parts = [params.prompt]
+    if params.negative_prompt:
+        parts.append(f"Negative prompt: {params.negative_prompt}")
+    parts.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance_scale}, "
+                 f"Seed: {params.seed}, Size: {params.resolution}x{params.resolution}, Model: {params.model}"
+                 + (f", LoRA: {params.lora} ({params.lora_scale})" if params.lora else "")
+                 + (f", ControlNet: {params.controlnet} ({params.controlnet_scale})" if params.controlnet else ""))
+    return "\n".join(parts)
+
+
+@dataclass
+class GenerationRun:
+    """What `generate` wrote: the PNG files, generations.jsonl and the batch lines it skipped."""
+
+    out: Path
+    files: list[Path]
+    skipped: list[dict]
+
+    @property
+    def log(self) -> Path:
+        return self.out / "generations.jsonl"
+
+
+def generate(
+    model: str,
+    prompt: str | None = None,
+    sketch: Path | None = None,
+    photo: Path | None = None,
+    lora: Path | None = None,
+    controlnet: Path | None = None,
+    negative_prompt: str = "",
+    n: int = 4,
+    seed: int = 0,
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    controlnet_scale: float = 1.0,
+    lora_scale: float = 1.0,
+    scheduler: Literal["unipc", "ddim", "euler_a", "dpm++"] = "unipc",
+    resolution: int | None = None,
+    out: Path = Path("outputs/generations"),
+    batch: Path | None = None,
+) -> GenerationRun:
+    """Generate garment images from a prompt and an optional sketch (or a photo to extract one from).
+
+    Writes OUT/<item>_<seed>.png (each PNG's text chunks hold every parameter needed to reproduce it) and
+    appends one line per image to OUT/generations.jsonl. With --batch, every line of a JSONL file is an item
+    ({"prompt": ..., "sketch": ..., and optionally "photo", "negative_prompt", "seed", "n"}); bad lines are
+    skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items.
+
+    Args:
+        model: base model: hub id, diffusers folder or .safetensors file.
+        prompt: garment description (not needed with --batch).
+        sketch: sketch image (black lines on white); needs --controlnet.
+        photo: garment photo whose sketch is extracted as in the dataset stage; needs --controlnet.
+        lora: LoRA folder (pytorch_lora_weights.safetensors) from `fsdx train lora`.
+        controlnet: ControlNet folder from `fsdx train controlnet`.
+        negative_prompt: what the garment should not look like.
+        n: images per prompt; image k uses seed + k.
+        seed: seed of the first image.
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance weight.
+        controlnet_scale: sketch strength (ControlNet conditioning scale).
+        lora_scale: LoRA strength.
+        scheduler: sampler: unipc, ddim, euler_a or dpm++.
+        resolution: output side in pixels (default: the base's native size).
+        out: output folder.
+        batch: JSONL file of items to generate in one run.
+    """
+    from accelerate import PartialState
+
+    items, skipped = _items(prompt, sketch, photo, negative_prompt, n, seed, batch)
+    if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
+        raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
+    generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=lora_scale)
+    state = PartialState()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    failed: list[dict] = []  # this process's items that could not be generated
+    with state.split_between_processes(list(enumerate(items))) as mine:
+        for index, item in mine:
+            try:
+                results = generator(item["prompt"], sketch=item.get("sketch"), photo=item.get("photo"),
+                                    negative_prompt=item.get("negative_prompt", ""), num_images=item["n"],
+                                    steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale,
+                                    seed=item["seed"], scheduler=scheduler, resolution=resolution)
+            except GenerationError as error:
+                if batch is None:
+                    raise
+                failed.append({"line": item.get("line"), "reason": str(error)})
+                continue
+            files.extend(_write(results, out, index))
+    _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
+    return GenerationRun(out, files, skipped + failed)
+
+
+def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative_prompt: str, n: int, seed: int,
+           batch: Path | None) -> tuple[list[dict], list[dict]]:
+    if batch is None:
+        if not prompt:
+            raise GenerationError("give --prompt (or --batch FILE.jsonl)")
+        GenerationParams(prompt=prompt)  # validates the prompt before any model is loaded
+        return [{"prompt": prompt, "sketch": sketch, "photo": photo, "negative_prompt": negative_prompt,
+                 "n": n, "seed": seed}], []
+    if not Path(batch).is_file():
+        raise GenerationError(f"batch file not found: {batch}")
+    items, skipped = [], []
+    for number, line in enumerate(Path(batch).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
+                raise ValueError("needs a non-empty prompt")
+            items.append({"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
+                          "negative_prompt": str(row.get("negative_prompt", negative_prompt)),
+                          "n": int(row.get("n", n)), "seed": int(row.get("seed", seed)), "line": number})
+        except (ValueError, TypeError) as error:
+            skipped.append({"line": number, "reason": f"bad batch line: {error}"})
+    return items, skipped
+
+
+def _write(results: list[Generated], out: Path, index: int) -> list[Path]:
+    return [result.save(out / f"{index:04d}_{result.params.seed}.png") for result in results]
+
+
+def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> None:
+    """Each process writes its own parts; the main process joins them (no two writers on one file)."""
+    rows = [json.dumps({"file": file.name, **asdict(read_params(file))}) + "\n" for file in files]
+    (out / f".generations.{state.process_index}.jsonl").write_text("".join(rows), encoding="utf-8")
+    (out / f".skipped.{state.process_index}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        for name in ("generations", "skipped"):
+            parts = sorted(out.glob(f".{name}.*.jsonl"))
+            text = "".join(part.read_text(encoding="utf-8") for part in parts)
+            if text:
+                with (out / f"{name}.jsonl").open("a", encoding="utf-8") as log:
+                    log.write(text)
+            for part in parts:
+                part.unlink()
