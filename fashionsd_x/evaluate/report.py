@@ -60,6 +60,8 @@ def metrics_table(result: dict[str, Any]) -> str:
 def _data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     thumb = image.convert("RGB").copy()
+    if max(thumb.size) < THUMB:  # small models' images are scaled up (nearest: pixels stay visible as pixels)
+        thumb = thumb.resize((THUMB, THUMB), Image.Resampling.NEAREST)
     thumb.thumbnail((THUMB, THUMB))
     thumb.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
