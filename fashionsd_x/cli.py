@@ -48,8 +48,15 @@ COMMANDS = (
             "build a sketch-augmented Hugging Face dataset from garment photos", (), "fashionsd_x.cli_show:data_build"),
     Command("data synth", "fashionsd_x.data.synth:synthesize", "generate synthetic flat-lay garments with captions",
             (), "fashionsd_x.cli_show:data_synth"),
+    Command("train lora", "fashionsd_x.train.lora:train_lora", "fine-tune a Stable Diffusion base with LoRA", (),
+            "fashionsd_x.cli_show:train"),
+    Command("train controlnet", "fashionsd_x.train.controlnet:train_controlnet",
+            "train a ControlNet on the dataset's sketches", (), "fashionsd_x.cli_show:train"),
     Command("generate", "fashionsd_x.generate:generate", "generate garments from a prompt and a sketch", (),
             "fashionsd_x.cli_show:generate"),
+    Command("evaluate", "fashionsd_x.evaluate.protocol:evaluate",
+            "evaluate vanilla SD, LoRA and LoRA + ControlNet with the paper's metrics", (),
+            "fashionsd_x.cli_show:evaluate"),
     Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
             "fashionsd_x.cli_show:demo"),
 )
@@ -125,7 +132,8 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
             options["required"] = True
         else:
             options["default"] = parameter.default
-            options["help"] = f"{help_text} (default: {parameter.default})"
+            if parameter.default is not None:  # None means "not given": the stage decides (e.g. from --config)
+                options["help"] = f"{help_text} (default: {parameter.default})"
         metavar = None if choices else name.split("_")[-1].upper()  # argparse shows {a,b,c} for choices
         parser.add_argument(_flag(name), dest=name, metavar=metavar, **options)
 

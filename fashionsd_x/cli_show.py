@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 def sketch(report: Any) -> int:
@@ -23,9 +24,25 @@ def data_synth(out: Any) -> int:
     return 0
 
 
+def train(result: Any) -> int:
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+        return 0
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    print(f"{result.stage}: {result.steps} steps ({result.epochs:.2f} epochs) in {result.seconds:.0f} s, "
+          f"last loss {loss}")
+    print(f"weights: {result.weights}  (model card: {result.out / 'README.md'})")
+    return 0
+
+
 def generate(run: Any) -> int:
     print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
     _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])
+    return 0
+
+
+def evaluate(result: Any) -> int:
+    print((result.out / "metrics.md").read_text(encoding="utf-8"))
+    print(f"wrote {result.out / 'metrics.json'}, {result.out / 'metrics.md'} and {result.out / 'report.html'}")
     return 0
 
 

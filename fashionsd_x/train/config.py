@@ -1,0 +1,300 @@
+"""Typed training settings: the fields both trainers share, LoRA's and ControlNet's own, YAML presets.
+
+Values come from, lowest to highest: the dataclass defaults, a YAML file (`--config`, e.g. a paper preset in
+configs/), then the command line (named options and `overrides` of any other field by name). The resolved
+config is written beside every output as train_config.yaml (loadable again with `--config`) and inside the
+weights' safetensors metadata, so an artifact always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from fashionsd_x.data.sketch import SketchConfig
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+LORA_INITS = {"default": True, "gaussian": "gaussian", "random": False}  # name -> peft init_lora_weights
+# Fields a resumed run may change: they steer how long and how observably it runs, not what each step computes.
+RUN_FIELDS = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
+              "num_validation_images", "validation_steps", "dataloader_workers", "cache_latents", "cache_dir")
+
+C = TypeVar("C", bound="TrainConfig")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together or a value out of range; the message names the fields."""
+
+
+@dataclass
+class TrainConfig:
+    """What LoRA and ControlNet training share; defaults follow diffusers' training examples."""
+
+    stage: typing.ClassVar[str] = ""
+    data: str | None = None  # dataset folder from `fsdx data build` (given on the command line)
+    base: str | None = None  # Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors (command line)
+    prediction_type: str | None = None  # replace the base scheduler's target: epsilon or v_prediction (None = base's)
+    resolution: int = 512  # square training side in pixels; a multiple of the base's resolution_multiple()
+    batch_size: int = 1  # samples per process per micro-batch
+    epochs: int = 1  # passes over the train split (ignored when max_steps is set)
+    max_steps: int | None = None  # optimizer steps to train for; overrides epochs
+    grad_accum: int = 1  # micro-batches whose gradients are summed per optimizer step
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    lr_scheduler: str = "constant"  # diffusers.optimization.get_scheduler name, e.g. constant, cosine, linear
+    lr_warmup_steps: int = 0  # optimizer steps of linear warmup before the schedule
+    adam_beta1: float = 0.9  # AdamW first-moment decay
+    adam_beta2: float = 0.999  # AdamW second-moment decay
+    adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_epsilon: float = 1e-8  # AdamW denominator epsilon
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (CUDA, bitsandbytes installed) to save optimizer memory
+    max_grad_norm: float | None = 1.0  # clip the gradient norm to this; None disables clipping
+    mixed_precision: str = "no"  # no, fp16 (CUDA only) or bf16: autocast dtype and the frozen models' dtype
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023), 5.0 recommended; None = plain MSE
+    noise_offset: float = 0.0  # add this times per-channel noise (helps very dark/bright images); 0 disables
+    random_flip: bool = False  # flip image and sketch horizontally together, with probability 0.5
+    caption_dropout: float = 0.0  # probability of training a sample with the empty caption
+    seed: int = 0  # every random draw is a function of (seed, micro-batch, process), so runs repeat exactly
+    cache_latents: bool = False  # encode images and captions once, to disk, instead of every epoch
+    cache_dir: str | None = None  # folder for latent caches (keyed by dataset, base, resolution); None = OUT/cache
+    dataloader_workers: int = 0  # DataLoader worker processes decoding images
+    checkpoint_every: int | None = 500  # save a resumable checkpoint every this many optimizer steps; None = never
+    keep_checkpoints: int | None = 3  # keep only the newest this many checkpoints; None = keep all
+    validate_every: int | None = None  # make validation images every this many steps (always at the end)
+    validation_prompts: list[str] | None = None  # prompts for validation images; None = texts of the test split
+    num_validation_images: int = 4  # test-split rows used when validation_prompts is None; 0 = no validation
+    validation_steps: int = 25  # denoising steps per validation image
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("batch_size", "epochs", "grad_accum", "validation_steps"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "validate_every"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        for name in ("lr_warmup_steps", "dataloader_workers", "num_validation_images", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        if self.prediction_type is not None:
+            _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        self._check_numbers()
+        if self.validation_prompts is not None and not self.validation_prompts:
+            raise ConfigError("validation_prompts is an empty list; give prompts or leave it unset (test-split texts)")
+
+    def _check_numbers(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        for name in ("snr_gamma", "max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive (or unset to disable), got {getattr(self, name)}")
+        if self.noise_offset < 0:
+            raise ConfigError(f"noise_offset must be >= 0, got {self.noise_offset}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready values with the stage first (what train_config.yaml holds)."""
+        return {"stage": self.stage, **asdict(self)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def total_micro_batches(self, batches_per_epoch: int) -> int:
+        """Micro-batches this run consumes: max_steps' worth, else every epoch's."""
+        if self.max_steps is not None:
+            return self.max_steps * self.grad_accum
+        return self.epochs * batches_per_epoch
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps this run makes (a final partial accumulation still counts as a step)."""
+        return self.max_steps or math.ceil(self.epochs * batches_per_epoch / self.grad_accum)
+
+
+@dataclass
+class LoraTrainConfig(TrainConfig):
+    """LoRA fine-tuning of the UNet's attention (and optionally the text encoder); paper: rank 4, lr 1e-4."""
+
+    stage: typing.ClassVar[str] = "lora"
+    rank: int = 4  # LoRA rank r of every adapted layer
+    alpha: float | None = None  # LoRA alpha; the update is scaled by alpha / rank (None = rank, scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # UNet layers
+    lora_dropout: float = 0.0  # dropout on the LoRA branch input
+    lora_init: str = "default"  # default (B = 0: starts as the base), gaussian, or random (B != 0; tests only)
+    train_text_encoder: bool = False  # also adapt the CLIP text encoder's attention
+    text_encoder_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])  # text encoder layers when trained
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("rank", self.rank, 1)
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"alpha must be positive (or unset for alpha = rank), got {self.alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _choice("lora_init", self.lora_init, tuple(LORA_INITS))
+        if not self.target_modules:
+            raise ConfigError("target_modules is empty; name at least one UNet layer, e.g. to_q")
+        if self.train_text_encoder and self.cache_latents:
+            raise ConfigError("train_text_encoder and cache_latents contradict: a trained text encoder cannot have "
+                              "its caption embeddings cached; turn one of them off")
+
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else float(self.rank)
+
+
+@dataclass
+class ControlNetTrainConfig(TrainConfig):
+    """ControlNet training on the dataset's sketches with the base (optionally + a fused LoRA) frozen."""
+
+    stage: typing.ClassVar[str] = "controlnet"
+    lr: float = 1e-5  # peak learning rate (the paper's ControlNet rate)
+    lora: str | None = None  # LoRA folder fused into the frozen UNet first (the model the ControlNet will steer)
+    init: str | None = None  # ControlNet (hub id or folder) to start from; None = copy of the UNet's encoder
+    invert_sketch: bool = False  # feed white-on-black sketches (only for ControlNets trained that way)
+    conditioning_scale: float = 1.0  # ControlNet residual scale for validation images
+    sketch: dict[str, Any] | None = None  # the dataset's SketchConfig: generation sketches photos the same way
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.conditioning_scale >= 0:
+            raise ConfigError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
+        if self.sketch is not None:
+            try:
+                SketchConfig.from_dict(self.sketch)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"sketch: {' '.join(str(error).split())}") from None
+
+
+def resolve_config(cls: type[C], path: Path | None, overrides: dict[str, str] | None = None, **explicit: Any) -> C:
+    """Defaults < YAML file < command line. `explicit` holds named options (None = not given); `overrides` any
+    other field by name with YAML-scalar values. Unknown names, wrong types and contradictions raise ConfigError."""
+    values = read_yaml(cls, path) if path is not None else {}
+    given = {name: value for name, value in explicit.items() if value is not None}
+    for name, text in (overrides or {}).items():
+        name = name.lstrip("-").replace("-", "_")
+        _known(cls, name, "override")
+        if name in given:
+            raise ConfigError(f"{name} is given twice on the command line (as an option and as an override)")
+        given[name] = _parse_override(cls, name, text)
+    return build_config(cls, {**values, **given})
+
+
+def local_source(value: str | Path) -> str:
+    """An existing local path made absolute (so train_config.yaml means the same from any folder); hub ids as is."""
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else str(value)
+
+
+def read_yaml(cls: type[C], path: Path) -> dict[str, Any]:
+    """The field values of a YAML config file (a paper preset or an earlier run's train_config.yaml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must be a mapping of field: value, got {type(values).__name__}")
+    stage = values.pop("stage", cls.stage)
+    if stage != cls.stage:
+        raise ConfigError(f"config file {path} is for `fsdx train {stage}`, not `fsdx train {cls.stage}`")
+    for name in values:
+        _known(cls, name, f"config file {path}")
+    return values
+
+
+def build_config(cls: type[C], values: dict[str, Any]) -> C:
+    """The config from field values, numbers written as text (YAML 1.1 reads `1e-4` as a string) made numbers."""
+    values = {name: _number(cls, name, value) for name, value in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a field name typo that slipped past _known, e.g. from Python callers
+        raise ConfigError(f"{cls.__name__}: {error}") from None
+
+
+def _known(cls: type, name: str, where: str) -> None:
+    names = [item.name for item in dataclasses.fields(cls)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known fields: {', '.join(names)}"
+        raise ConfigError(f"{where}: unknown {cls.stage} setting {name!r}{hint}")
+
+
+def _parse_override(cls: type, name: str, text: str) -> Any:
+    value = yaml.safe_load(text) if isinstance(text, str) else text
+    if _is_list_field(cls, name) and isinstance(value, str):
+        # --target-modules to_q,to_k reads naturally on a command line; YAML would need [to_q, to_k].
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _number(cls: type, name: str, value: Any) -> Any:
+    allowed = _allowed_types(_field_types(cls).get(name, object))
+    if not isinstance(value, str) or not {int, float} & set(allowed):
+        return value
+    try:
+        return int(value) if int in allowed else float(value)
+    except ValueError:
+        return value  # _check_types names the field
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_list_field(cls: type, name: str) -> bool:
+    return list in _allowed_types(_field_types(cls)[name])
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(kind for arg in typing.get_args(hint) for kind in _allowed_types(arg))
+    if hint is type(None):
+        return (type(None),)
+    return (typing.get_origin(hint) or hint,)
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Reject values of the wrong type (a YAML typo such as `rank: four`) naming the field; ints pass as floats."""
+    hints = _field_types(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        allowed = _allowed_types(hints[item.name])
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, item.name, float(value))
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if ok and isinstance(value, list):
+            ok = all(isinstance(entry, str) for entry in value)
+        if not ok:
+            wanted = " or ".join("null" if kind is type(None) else f"{kind.__name__}" for kind in allowed)
+            raise ConfigError(f"{item.name} must be {wanted}, got {value!r}")
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,143 @@
+"""ControlNet training on the dataset's sketches, the base (optionally with a LoRA fused in) frozen (paper step 3).
+
+ControlNet (Zhang et al. 2023) is a trainable copy of the UNet's encoder fed the sketch through a small
+convolutional embedding; its zero-initialised outputs are added to the frozen UNet's skip connections. With
+`--lora` the LoRA is merged into the frozen UNet first, so the ControlNet learns to steer the fine-tuned model
+it will be used with. Sketches reach the model through `fashionsd_x.data.conditioning.control_image`, the
+function generation uses too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from PIL import Image
+
+from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.models.base import Base, first_line
+from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
+from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
+from fashionsd_x.train.data import dataset_sketch
+from fashionsd_x.train.lora import fuse_into_base
+
+CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetModel.save_pretrained writes
+EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default sketch-embedding widths (3 stride-2 convs: 8x down)
+
+
+def train_controlnet(data: Path, base: str, out: Path, lora: Path | None = None, init: str | None = None,
+                     config: Path | None = None, epochs: int | None = None, max_steps: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None, resolution: int | None = None,
+                     seed: int | None = None, mixed_precision: str | None = None, grad_accum: int | None = None,
+                     checkpoint_every: int | None = None, keep_checkpoints: int | None = None,
+                     resume: str | None = None, validate_every: int | None = None, cache_latents: bool | None = None,
+                     num_processes: int = 1, overrides: dict[str, str] | None = None) -> TrainResult:
+    """Train a ControlNet that steers a Stable Diffusion base with garment sketches (sketch + caption -> image).
+
+    OUT is loadable with ControlNetModel.from_pretrained(OUT) (config.json + diffusion_pytorch_model.safetensors)
+    and also holds train_config.yaml, a model card README.md, validation/ images (with their sketches from the
+    test split), logs/ (TensorBoard) and checkpoints/. Options left out come from --config (e.g.
+    configs/controlnet_dresscode.yaml, the paper's run), else the defaults; any other setting can be given as
+    --name value (e.g. --random-flip true --invert-sketch false).
+
+    Args:
+        data: dataset folder written by `fsdx data build` (columns image, sketch and text).
+        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file.
+        out: output folder.
+        lora: a LoRA output folder (of `fsdx train lora` on this base) fused into the frozen UNet first.
+        init: ControlNet (hub id or folder) to start from instead of a copy of the base UNet's encoder.
+        config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
+        epochs: passes over the train split.
+        max_steps: optimizer steps to train for (overrides epochs).
+        batch_size: samples per process per micro-batch.
+        lr: peak learning rate.
+        resolution: training side in pixels (square).
+        seed: seed of every random draw (same seed, same run).
+        mixed_precision: no, fp16 (CUDA only) or bf16.
+        grad_accum: micro-batches per optimizer step.
+        checkpoint_every: save a resumable checkpoint every this many steps.
+        keep_checkpoints: keep only the newest this many checkpoints.
+        resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
+        validate_every: make validation images every this many steps (always at the end).
+        cache_latents: encode images and captions once (to OUT/cache) instead of every epoch; much faster.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        overrides: any other setting by name, values as YAML scalars.
+    """
+    settings = resolve_config(
+        ControlNetTrainConfig, config, overrides, data=local_source(data), base=local_source(base),
+        lora=None if lora is None else local_source(lora), init=None if init is None else local_source(init),
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, seed=seed,
+        mixed_precision=mixed_precision, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, validate_every=validate_every, cache_latents=cache_latents)
+    if settings.sketch is None:  # recorded so generation extracts a photo's sketch as the dataset did
+        settings.sketch = dataset_sketch(Path(data))
+    return train(ControlNetMethod, settings, Path(out), resume, num_processes)
+
+
+class ControlNetMethod(Method):
+    """A ControlNet trained to steer the frozen (maybe LoRA-fused) UNet with sketches."""
+
+    stage = "controlnet"
+    columns = ("sketch",)
+
+    def __init__(self, base: Base, config: ControlNetTrainConfig) -> None:
+        super().__init__(base, config)
+        if config.lora:
+            fuse_into_base(base, config.lora)
+        self.controlnet = load_controlnet(config.init, base) if config.init else ControlNetModel.from_unet(
+            base.unet, conditioning_embedding_out_channels=embedding_channels(base.vae_scale_factor))
+        self.controlnet.requires_grad_(True)
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.controlnet]
+
+    def predict(self, noisy, timesteps, text, batch):
+        down, middle = self.prepared[0](noisy, timesteps, encoder_hidden_states=text, controlnet_cond=batch["control"],
+                                        return_dict=False)
+        return self.base.unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                              mid_block_additional_residual=middle).sample
+
+    def pipeline(self) -> StableDiffusionControlNetPipeline:
+        return StableDiffusionControlNetPipeline(**self.base.pipeline().components, requires_safety_checker=False,
+                                                 controlnet=self.unwrap(self.prepared[0]))
+
+    def validation_inputs(self, sketch: Image.Image | None) -> dict:
+        image = control_image(sketch, self.config.resolution, self.config.invert_sketch)[None]
+        return {"image": image, "controlnet_conditioning_scale": self.config.conditioning_scale}
+
+    def enable_gradient_checkpointing(self) -> None:
+        # The frozen UNet's activations are kept for the backward pass into the residuals too.
+        self.controlnet.enable_gradient_checkpointing()
+        self.base.unet.enable_gradient_checkpointing()
+
+    def cache_identity(self) -> dict:
+        return {"lora": self.config.lora}  # a fused LoRA may change the text encoder
+
+    def weights(self, out: Path) -> Path:
+        return out  # ControlNetModel.from_pretrained(OUT)
+
+    def save(self, out: Path, metadata: dict[str, str]) -> None:
+        self.unwrap(self.prepared[0]).save_pretrained(out, safe_serialization=True)
+        add_metadata(out / CONTROLNET_WEIGHTS, metadata)
+
+
+def embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:
+    """Sketch-embedding widths whose stride-2 convs bring the sketch to the latent size (8x for SD 1.x/2.x)."""
+    return EMBEDDING_CHANNELS[: int(math.log2(vae_scale_factor)) + 1]
+
+
+def load_controlnet(init: str, base: Base) -> ControlNetModel:
+    """A ControlNet to continue training, checked to fit the base's UNet and latent size."""
+    try:
+        controlnet = ControlNetModel.from_pretrained(init, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"init {init}: cannot load a ControlNet there: {first_line(error)}") from None
+    fits = (controlnet.config.cross_attention_dim == base.unet.config.cross_attention_dim
+            and list(controlnet.config.block_out_channels) == list(base.unet.config.block_out_channels)
+            and 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1) == base.vae_scale_factor)
+    if not fits:
+        raise ConfigError(f"init {init} is a ControlNet for another architecture than base {base.source} "
+                          "(cross-attention width, block widths or latent scale differ)")
+    return controlnet

@@ -1,0 +1,590 @@
+"""What LoRA and ControlNet training share: the loop, the denoising loss, checkpoints, resume, logging.
+
+A trainer is a `Method` (what is trainable, how the model predicts, how it is saved); everything else is
+here. Every random draw of a micro-batch (flip, caption dropout, VAE posterior sample, noise, timesteps) comes
+from a generator seeded by (seed, micro-batch index, process index), and each epoch's order from (seed,
+epoch), so a run is a pure function of its config and data: a run resumed from a checkpoint (which skips the
+batches already consumed) ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params, compute_snr
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from fashionsd_x.models.base import Base, load_base
+from fashionsd_x.train.cache import build_cache, cache_folder
+from fashionsd_x.train.card import write_card
+from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, read_state,
+                                           save_checkpoint)
+from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
+from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, derive_seed, open_dataset, tokenize,
+                                    validation_samples)
+
+CONFIG_NAME = "train_config.yaml"
+RESULT_NAME = "train_result.json"
+CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # the resolved config (YAML) inside every weights file
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(ValueError):
+    """The loss or gradient became NaN/inf; the run stopped before the update, keeping the last checkpoint."""
+
+
+class LaunchError(ValueError):
+    """The re-launched training processes failed; their own messages were printed above."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run wrote (also OUT/train_result.json)."""
+
+    out: Path  # the output folder
+    stage: str  # lora or controlnet
+    weights: Path  # the artifact to load: the LoRA file, or OUT itself for a ControlNet
+    steps: int  # optimizer steps done (in total, across resumes)
+    epochs: float  # passes over the train split those steps made
+    seconds: float  # training time in total, across resumes
+    final_loss: float | None  # mean loss of the last step (None if no step ran in this invocation)
+    validation: list[Path] = field(default_factory=list)  # the final validation images
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values.update(out=str(self.out), weights=str(self.weights), validation=[str(p) for p in self.validation])
+        return values
+
+    @classmethod
+    def read(cls, out: Path) -> TrainResult:
+        values = json.loads((Path(out) / RESULT_NAME).read_text(encoding="utf-8"))
+        values.update(out=Path(values["out"]), weights=Path(values["weights"]),
+                      validation=[Path(p) for p in values["validation"]])
+        return cls(**values)
+
+
+class Method(ABC):
+    """What differs between trainers: the trainable modules, the prediction, the pipeline and the artifact."""
+
+    stage: ClassVar[str]
+    columns: ClassVar[tuple[str, ...]] = ()  # dataset columns needed besides image and text
+
+    def __init__(self, base: Base, config: TrainConfig) -> None:
+        self.base, self.config = base, config
+        self.accelerator: Accelerator | None = None
+        self.prepared: list[torch.nn.Module] = []
+
+    @abstractmethod
+    def trainable(self) -> list[torch.nn.Module]:
+        """Modules holding the trainable parameters, in a fixed order (prepared, optimised, checkpointed)."""
+
+    @abstractmethod
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model output for noisy latents (what the loss compares with noise or velocity)."""
+
+    @abstractmethod
+    def pipeline(self) -> DiffusionPipeline:
+        """An inference pipeline over the models being trained, for validation images."""
+
+    @abstractmethod
+    def save(self, out: Path, metadata: dict[str, str]) -> None:
+        """Write the final artifact into `out` (main process only), `metadata` in its safetensors header."""
+
+    @abstractmethod
+    def weights(self, out: Path) -> Path:
+        """Where `save` puts the artifact to load (a file or a folder)."""
+
+    def validation_inputs(self, sketch: Image.Image | None) -> dict[str, Any]:
+        return {}
+
+    def enable_gradient_checkpointing(self) -> None:
+        for module in self.trainable():
+            module.enable_gradient_checkpointing()
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What besides the base's files changes the frozen encoders (a fused LoRA); part of the cache key."""
+        return {}
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.base.text_encoder
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return False
+
+    def bind(self, accelerator: Accelerator, prepared: list[torch.nn.Module]) -> None:
+        self.accelerator, self.prepared = accelerator, prepared
+
+    def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(module) if self.accelerator else module
+
+
+@dataclass
+class Session:
+    """Everything one training invocation holds (no globals)."""
+
+    config: TrainConfig
+    out: Path
+    accelerator: Accelerator
+    base: Base
+    method: Method
+    weight_dtype: torch.dtype
+    loader: Any
+    optimizer: Any
+    lr_scheduler: Any
+    empty_caption: torch.Tensor  # token ids (uncached) or the cached embedding of ""
+    validation: list[tuple[str, Image.Image | None]]
+    seconds_before: float = 0.0  # training time of earlier invocations (resume)
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+
+def train(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None,
+          num_processes: int) -> TrainResult:
+    """Run a training stage here, or re-launch it through accelerate on `num_processes` processes."""
+    if num_processes < 1:
+        raise ConfigError(f"num_processes must be at least 1, got {num_processes}")
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)  # fail here, not N times
+        return relaunch(config, Path(out), resume, num_processes)
+    return run_training(method_class, config, Path(out), resume)
+
+
+def run_training(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None) -> TrainResult:
+    """Train, checkpoint, validate and save; every check that can fail runs before the first step."""
+    # 1. Data, settings and the checkpoint to resume from: checked before any model loads.
+    data = open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)
+    checkpoint = _checkpoint_to_resume(out, resume, config)
+    with accelerated(config, out) as (accelerator, weight_dtype):
+        # 2. The base, checked against the settings.
+        base = load_base(config.base, prediction_type=config.prediction_type)
+        base.check_resolution(config.resolution)
+        if base.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"base {base.source} predicts {base.prediction_type!r}, which FashionSD-X does not "
+                              "train; set prediction_type to epsilon or v_prediction")
+        # 3. Trainable parameters (seeded, so initialisation repeats), frozen models in the weight dtype.
+        for module in (base.vae, base.text_encoder, base.unet):
+            module.requires_grad_(False)
+        set_seed(config.seed)
+        method = method_class(base, config)
+        place_models(base, method, accelerator.device, weight_dtype)
+        if config.gradient_checkpointing:
+            method.enable_gradient_checkpointing()
+        # 4. Samples: read from the latent cache (built once) or decoded each time.
+        cache = None
+        if config.cache_latents:
+            root = Path(config.cache_dir) if config.cache_dir else out / "cache"
+            folder = cache_folder(root, data["train"], base, config.resolution, config.random_flip, weight_dtype,
+                                  method.cache_identity())
+            cache = build_cache(folder, data["train"], base, config.resolution, config.random_flip,
+                                config.batch_size, accelerator)
+        items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,
+                           invert_sketch=getattr(config, "invert_sketch", False), cache=cache)
+        loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, drop_last=False,
+                                             sampler=EpochSampler(len(items), config.seed),
+                                             num_workers=config.dataloader_workers)
+        # 5. Optimizer and LR schedule over the trainable parameters; accelerate wraps models, optimizer, loader.
+        optimizer = make_optimizer(config, method.trainable())
+        *models, optimizer, loader = accelerator.prepare(*method.trainable(), optimizer, loader)
+        method.bind(accelerator, models)
+        total_steps = config.total_steps(len(loader))
+        # Not prepared: accelerate would step it once per process; one step per optimizer step is the schedule.
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                     num_training_steps=total_steps)
+        accelerator.register_for_checkpointing(lr_scheduler)
+        _register_trainable_hooks(accelerator)
+        empty = cache.empty_text() if cache else tokenize(base.tokenizer, [""])[0]
+        samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
+                                     with_sketch="sketch" in method.columns)
+        session = Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,
+                          empty.to(accelerator.device), samples)
+        # 6. Resume: weights, optimizer and schedule from the checkpoint; the step decides the data position.
+        start_step = 0
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            state = read_state(checkpoint)
+            start_step, session.seconds_before = state["step"], state.get("seconds", 0.0)
+            accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+        # 7. Train.
+        if accelerator.is_main_process:
+            accelerator.init_trackers(f"fsdx-{method.stage}", config=_hparams(config))
+        final_loss = train_loop(session, start_step, total_steps)
+        # 8. Final validation, then the artifact and its description, written by the main process.
+        images = validate(session, total_steps)
+        result = TrainResult(out, method.stage, method.weights(out), total_steps,
+                             total_steps * config.grad_accum / len(loader), round(session.seconds(), 1), final_loss,
+                             images)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            method.save(out, {CONFIG_METADATA_KEY: config.to_yaml()})
+            write_outputs(session, result, data)
+    return result
+
+
+@contextlib.contextmanager
+def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, torch.dtype]]:
+    """The one place device and precision are decided: accelerate's device, and the frozen models' dtype."""
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision fp16 needs a CUDA GPU (CPU autocast has no float16); use bf16 or no")
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    try:
+        yield accelerator, WEIGHT_DTYPES[accelerator.mixed_precision]
+    finally:
+        accelerator.end_training()
+        # accelerate keeps the precision in a process-wide singleton that refuses another value later; clearing
+        # it lets one Python process (a notebook, the studio) train again with other settings, after a failure
+        # too. The process group (PartialState) stays, so a launched multi-process run is unaffected.
+        AcceleratorState._reset_state()
+
+
+def place_models(base: Base, method: Method, device: torch.device, weight_dtype: torch.dtype) -> None:
+    """Frozen components on the device in the weight dtype; trainable parameters in float32 (an fp16/bf16
+    parameter would lose small updates to rounding)."""
+    for module in (base.vae, base.text_encoder, base.unet):
+        # Cast only when needed: diffusers warns on every dtype-changing to(), even a no-op one.
+        module.to(device) if module.dtype == weight_dtype else module.to(device, weight_dtype)
+    for module in method.trainable():
+        module.to(device)
+        module.train()
+        cast_training_params(module, torch.float32)
+
+
+def make_optimizer(config: TrainConfig, modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
+    parameters = [parameter for module in modules for parameter in module.parameters() if parameter.requires_grad]
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ConfigError("use_8bit_adam needs bitsandbytes, which is not installed (pip install bitsandbytes; "
+                              "CUDA only); or turn use_8bit_adam off") from None
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    return optimizer_class(parameters, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                           weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+
+
+def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
+    """Optimizer steps start_step..total_steps-1, each over grad_accum micro-batches of the data stream."""
+    config, accelerator = s.config, s.accelerator
+    stream = micro_batches(accelerator, s.loader, start_step * config.grad_accum)
+    parameters = [p for module in s.method.prepared for p in module.parameters() if p.requires_grad]
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {s.method.stage}", unit="step",
+               disable=not accelerator.is_local_main_process)
+    loss = None
+    for step in range(start_step, total_steps):
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(config.grad_accum):
+            index = step * config.grad_accum + micro
+            # Gradients are all-reduced on the last micro-batch only (accumulation without wasted syncs).
+            with _no_sync(accelerator, s.method.prepared, skip=micro < config.grad_accum - 1):
+                micro_loss = compute_loss(s, next(stream), index)
+                accelerator.backward(micro_loss / config.grad_accum)
+            step_loss += micro_loss.detach() / config.grad_accum
+        loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
+        if config.max_grad_norm is not None:
+            norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            if config.mixed_precision != "fp16" and norm is not None and not torch.isfinite(norm):
+                raise NonFiniteLossError(_stop_message("the gradient norm", float(norm), step + 1, s.out))
+        s.optimizer.step()
+        s.lr_scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        lr = s.lr_scheduler.get_last_lr()[0]
+        accelerator.log({"loss": loss, "lr": lr}, step=done)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+            checkpoint(s, done)
+        if config.validate_every and done % config.validate_every == 0 and done < total_steps:
+            validate(s, done)
+    bar.close()
+    return loss
+
+
+def micro_batches(accelerator: Accelerator, loader: Any, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The data as an endless stream of micro-batches, starting `start` micro-batches in (epochs chained).
+
+    Resuming skips the consumed batches of the current epoch by index (accelerate's skip_first_batches), so
+    no skipped sample is decoded; the epoch's order is rebuilt from (seed, epoch) by EpochSampler.
+    """
+    epoch, skip = divmod(start, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0
+
+
+def compute_loss(s: Session, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+    """The denoising loss of one micro-batch (Rombach et al. 2022, eq. 2; min-SNR weighting optional)."""
+    config, device = s.config, s.accelerator.device
+    # One generator per (seed, micro-batch, process), drawn from in a fixed order: the draws do not depend on
+    # anything a resumed run could restore differently.
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, index, s.accelerator.process_index))
+    size = batch["index"].shape[0]
+    flips = torch.rand(size, generator=generator) < 0.5 if config.random_flip else torch.zeros(size, dtype=torch.bool)
+    drops = torch.rand(size, generator=generator) < config.caption_dropout
+    latents = encode_images(s, batch, flips, generator)
+    text = encode_text(s, batch, drops)
+    noise = torch.randn(latents.shape, generator=generator)
+    if config.noise_offset:
+        noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, s.base.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    noise, timesteps = noise.to(device), timesteps.to(device)
+    noisy = s.base.noise_scheduler.add_noise(latents, noise, timesteps)
+    if "control" in batch:  # the sketch flips with its image
+        batch["control"] = _flip_where(batch["control"], flips)
+    with s.accelerator.autocast():
+        prediction = s.method.predict(noisy, timesteps, text, batch)
+    return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, config.snr_gamma)
+
+
+def encode_images(s: Session, batch: dict[str, torch.Tensor], flips: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Scaled VAE latents of the (maybe flipped) images: a posterior sample drawn from the step's generator."""
+    if "latent_mean" in batch:
+        rows = torch.arange(flips.shape[0])
+        view = flips.long() if batch["latent_mean"].shape[1] == 2 else torch.zeros_like(flips, dtype=torch.long)
+        mean, std = batch["latent_mean"][rows, view.to(rows.device)], batch["latent_std"][rows, view.to(rows.device)]
+    else:
+        pixels = _flip_where(batch["pixels"], flips).to(s.weight_dtype)
+        with torch.no_grad():
+            posterior = s.base.vae.encode(pixels).latent_dist
+        mean, std = posterior.mean, posterior.std
+    epsilon = torch.randn(mean.shape, generator=generator).to(mean.device)
+    # The loss is computed in float32 whatever the VAE's dtype.
+    return (mean.float() + std.float() * epsilon) * s.base.vae.config.scaling_factor
+
+
+def encode_text(s: Session, batch: dict[str, torch.Tensor], drops: torch.Tensor) -> torch.Tensor:
+    """Caption embeddings, the empty caption's where `drops` (caption dropout: classifier-free guidance)."""
+    drops = drops.to(s.accelerator.device)
+    if "text" in batch:
+        return torch.where(drops[:, None, None], s.empty_caption.to(batch["text"].dtype), batch["text"])
+    ids = torch.where(drops[:, None], s.empty_caption, batch["input_ids"])
+    with torch.set_grad_enabled(s.method.trains_text_encoder):
+        return s.method.text_encoder(ids)[0]
+
+
+def diffusion_loss(prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                   scheduler: DDPMScheduler, snr_gamma: float | None) -> torch.Tensor:
+    """MSE to the base's target, epsilon (noise) or v (velocity, Salimans and Ho 2022), optionally min-SNR weighted.
+
+    Min-SNR-gamma (Hang et al. 2023): weight min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction.
+    """
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ConfigError(f"prediction_type {kind!r} cannot be trained; use epsilon or v_prediction")
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is None:
+        return per_sample.mean()
+    snr = compute_snr(scheduler, timesteps)
+    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
+    return (per_sample * weight).mean()
+
+
+def checkpoint(s: Session, step: int) -> Path:
+    state = {"stage": s.method.stage, "step": step, "micro_batches": step * s.config.grad_accum,
+             "num_processes": s.accelerator.num_processes, "seconds": round(s.seconds(), 1),
+             "config": s.config.to_dict()}
+    return save_checkpoint(s.accelerator, s.out / "checkpoints", step, state, s.config.keep_checkpoints)
+
+
+def validate(s: Session, step: int) -> list[Path]:
+    """Images for the validation prompts (and sketches) with a fixed seed, to OUT/validation/step_XXXXX/."""
+    paths: list[Path] = []
+    if s.validation and s.accelerator.is_main_process:
+        folder = s.out / "validation" / f"step_{step:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pipeline = s.method.pipeline()
+        pipeline.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(s.config.seed)
+        images = []
+        with s.accelerator.autocast():
+            for prompt, sketch in s.validation:
+                images.append(pipeline(prompt, num_inference_steps=s.config.validation_steps, generator=generator,
+                                       height=s.config.resolution, width=s.config.resolution,
+                                       **s.method.validation_inputs(sketch)).images[0])
+        for number, image in enumerate(images):
+            paths.append(folder / f"{number:02d}.png")
+            image.save(paths[-1])
+        (folder / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt, _ in s.validation), encoding="utf-8")
+        writer = s.accelerator.get_tracker("tensorboard", unwrap=True)
+        writer.add_images("validation", np.stack([np.asarray(image) for image in images]), step, dataformats="NHWC")
+    s.accelerator.wait_for_everyone()
+    return paths
+
+
+def write_outputs(s: Session, result: TrainResult, data: Any) -> None:
+    """train_config.yaml, train_result.json and the model card README.md beside the weights."""
+    (s.out / CONFIG_NAME).write_text(s.config.to_yaml(), encoding="utf-8")
+    (s.out / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_card(s.out, s.config, result, hardware(s.accelerator), data, s.base.family, s.validation)
+
+
+def hardware(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    return f"{accelerator.num_processes} x {name}, mixed precision {accelerator.mixed_precision}"
+
+
+def add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Rewrite a safetensors file with `metadata` added to its header (existing keys kept)."""
+    with safe_open(str(path), framework="pt") as handle:
+        existing = handle.metadata() or {}
+    tensors = load_file(str(path))
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(temporary), metadata={**existing, **metadata})
+    os.replace(temporary, path)
+
+
+def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: int) -> TrainResult:
+    """Run this training on `num_processes` processes through `accelerate launch` and wait for it.
+
+    The children get the resolved config as a YAML file, so they train exactly what this call resolved. On a
+    machine without CUDA, accelerate runs CPU processes (gloo) when ACCELERATE_USE_CPU is set with its
+    multi-process launcher (its --cpu flag alone starts a single process).
+    """
+    with tempfile.TemporaryDirectory(prefix="fsdx-launch-") as folder:
+        config_file = Path(folder) / CONFIG_NAME
+        config_file.write_text(config.to_yaml(), encoding="utf-8")
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(num_processes), "--num_machines", "1", "--mixed_precision", config.mixed_precision,
+                   "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                   "-m", "fashionsd_x.train.launch", str(config_file), str(out), resume or ""]
+        environment = dict(os.environ)
+        if not torch.cuda.is_available():
+            environment["ACCELERATE_USE_CPU"] = "true"
+        completed = subprocess.run(command, env=environment, check=False)
+    if completed.returncode != 0:
+        raise LaunchError(f"the {num_processes} training processes failed (exit code {completed.returncode}); "
+                          "their messages are above")
+    return TrainResult.read(out)
+
+
+def _checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> Path | None:
+    root = out / "checkpoints"
+    if resume is None:
+        if complete_checkpoints(root):
+            raise CheckpointError(f"{root} holds checkpoints of an earlier run; pass resume latest to continue it "
+                                  "or choose another output folder")
+        return None
+    checkpoint = find_checkpoint(root, resume)
+    if checkpoint is None:
+        print(f"no checkpoint in {root} yet: starting a new run", file=sys.stderr)
+        return None
+    state = read_state(checkpoint)
+    if state["stage"] != config.stage:
+        raise CheckpointError(f"checkpoint {checkpoint} is from `fsdx train {state['stage']}`, not {config.stage}")
+    old, new = state["config"], config.to_dict()
+    changed = [name for name in new if name not in RUN_FIELDS and old.get(name) != new[name]]
+    if changed:
+        detail = ", ".join(f"{name} {old.get(name)!r} -> {new[name]!r}" for name in changed)
+        raise CheckpointError(f"checkpoint {checkpoint} was made with other settings ({detail}); only "
+                              f"{', '.join(RUN_FIELDS)} may change when resuming")
+    return checkpoint
+
+
+def _register_trainable_hooks(accelerator: Accelerator) -> None:
+    """Checkpoints hold only the trainable parameters (a LoRA checkpoint is MBs, not the whole UNet)."""
+
+    def save_hook(models: list, weights: list, folder: str) -> None:
+        if accelerator.is_main_process:
+            for number, model in enumerate(models):
+                save_file(_trainable_state(accelerator.unwrap_model(model)),
+                          os.path.join(folder, f"trainable_{number}.safetensors"))
+        weights.clear()  # accelerate saves no full model copy
+
+    def load_hook(models: list, folder: str) -> None:
+        loaded = list(models)
+        models.clear()  # accelerate loads nothing itself
+        for number, model in enumerate(loaded):
+            model = accelerator.unwrap_model(model)
+            state = load_file(os.path.join(folder, f"trainable_{number}.safetensors"), device=str(accelerator.device))
+            missing = set(_trainable_state(model)) - set(state)
+            if missing:
+                raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} trainable tensors "
+                                      f"(e.g. {min(missing)})")
+            model.load_state_dict(state, strict=False)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _no_sync(accelerator: Accelerator, models: list[torch.nn.Module], skip: bool) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    if skip:
+        for model in models:
+            stack.enter_context(accelerator.no_sync(model))
+    return stack
+
+
+def _finite_mean(accelerator: Accelerator, loss: torch.Tensor, step: int, out: Path) -> float:
+    """The step's loss averaged over processes; NaN/inf on any process stops every process before the update."""
+    value = accelerator.gather(loss.reshape(1)).float().mean().item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(_stop_message("the loss", value, step, out))
+    return value
+
+
+def _stop_message(what: str, value: float, step: int, out: Path) -> str:
+    kept = complete_checkpoints(out / "checkpoints")
+    last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written"
+    return (f"{what} became {value} at step {step}; training stopped before that update and saved nothing new "
+            f"({last}); lower lr, or use mixed_precision no/bf16")
+
+
+def _flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
+def _hparams(config: TrainConfig) -> dict[str, Any]:
+    # TensorBoard's hparams take only scalars and strings.
+    return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for name, value in config.to_dict().items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

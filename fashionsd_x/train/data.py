@@ -1,0 +1,140 @@
+"""The training data: a built dataset checked before any work, per-sample tensors, a seeded epoch order.
+
+Random augmentation (flip, caption dropout) is not done here but in the training step, from the step's own
+generator, so the same code path serves samples decoded from images and samples read from the latent cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from PIL import Image
+
+from fashionsd_x.data.build import REPORT_NAME
+from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.data.images import pad_to_square
+
+REQUIRED_COLUMNS = ("image", "text")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be trained on; one line saying what is wrong and what to do."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset folder does not exist."""
+
+
+def open_dataset(path: Path, columns: tuple[str, ...]) -> DatasetDict:
+    """Load a dataset saved by `fsdx data build` and check it has a non-empty train split with `columns`."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetNotFoundError(f"dataset folder {path} does not exist; build one with `fsdx data build`")
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        reason = " ".join(str(error).split())
+        raise DatasetError(f"{path} is not a saved dataset ({reason}); build one with `fsdx data build`") from None
+    if isinstance(data, Dataset):  # a single split saved on its own trains as the train split
+        data = DatasetDict({"train": data})
+    if "train" not in data:
+        raise DatasetError(f"dataset {path} has no train split (splits: {', '.join(data) or 'none'})")
+    missing = [name for name in columns if name not in data["train"].column_names]
+    if missing:
+        raise DatasetError(f"dataset {path} lacks column(s) {', '.join(missing)} needed for training "
+                           f"(it has {', '.join(data['train'].column_names)})")
+    if data["train"].num_rows == 0:
+        raise DatasetError(f"dataset {path} has an empty train split; nothing to train on")
+    return data
+
+
+def dataset_sketch(path: Path) -> dict[str, Any] | None:
+    """The SketchConfig a dataset's sketches were made with (from its build report), or None if not recorded."""
+    report = Path(path) / REPORT_NAME
+    if not report.is_file():
+        return None
+    return json.loads(report.read_text(encoding="utf-8")).get("parameters", {}).get("sketch")
+
+
+def image_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An RGB garment photo as 3 x resolution x resolution in [-1, 1], the VAE's input range."""
+    square = pad_to_square(image.convert("RGB"), resolution)
+    return torch.from_numpy(np.asarray(square, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    """CLIP token ids padded/truncated to the tokenizer's context (77), as the SD pipelines tokenize prompts."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+class TrainItems(torch.utils.data.Dataset):
+    """Sample i of the train split as tensors: from the latent cache when given, else decoded from the images.
+
+    Keys: index; pixels + input_ids (uncached) or latent_mean, latent_std, text (cached); control (ControlNet).
+    """
+
+    def __init__(self, split: Dataset, tokenizer: Any, resolution: int, control: bool = False,
+                 invert_sketch: bool = False, cache: Any = None) -> None:
+        self.columns = ([] if cache is not None else ["image", "text"]) + (["sketch"] if control else [])
+        # Only the needed columns are decoded: a cached LoRA run never touches an image.
+        self.split = split.select_columns(self.columns) if self.columns else split
+        self.tokenizer, self.resolution, self.invert_sketch, self.cache = tokenizer, resolution, invert_sketch, cache
+
+    def __len__(self) -> int:
+        return self.split.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": index}
+        row = self.split[index] if self.columns else {}
+        if self.cache is not None:
+            item.update(self.cache.item(index))
+        else:
+            item["pixels"] = image_tensor(row["image"], self.resolution)
+            item["input_ids"] = tokenize(self.tokenizer, [row["text"] or ""])[0]
+        if "sketch" in row:
+            item["control"] = control_image(row["sketch"], self.resolution, self.invert_sketch)
+        return item
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A shuffled order that is a pure function of (seed, epoch): resuming at any epoch replays it exactly."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # accelerate's prepared loader calls this through DataLoaderShard.set_epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, 0x5EED, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixing `parts` (SeedSequence hashing: nearby inputs give unrelated streams)."""
+    return int(np.random.SeedSequence([int(part) for part in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def validation_samples(data: DatasetDict, prompts: list[str] | None, count: int,
+                       with_sketch: bool) -> list[tuple[str, Image.Image | None]]:
+    """(prompt, sketch or None) pairs for validation images: the given prompts, else the first test-split texts.
+
+    Sketches come from the test split (the train split when test is empty), cycling when prompts outnumber them.
+    """
+    source = data["test"] if "test" in data and data["test"].num_rows else data["train"]
+    if prompts is None:
+        count = min(count, source.num_rows)
+        prompts = list(source.select(range(count))["text"]) if count else []
+    if not prompts or not with_sketch:
+        return [(prompt, None) for prompt in prompts]
+    sketches = source.select([index % source.num_rows for index in range(len(prompts))])["sketch"]
+    return list(zip(prompts, sketches))

@@ -1,0 +1,196 @@
+"""LoRA fine-tuning of a Stable Diffusion 1.x/2.x base on garment images and captions (paper step 2).
+
+Low-rank adapters (Hu et al. 2021) on the UNet's attention projections, and optionally on the CLIP text
+encoder, are the only trainable weights. The result is written in the two formats people load LoRAs in:
+diffusers' (`pipe.load_lora_weights(OUT)`) and kohya's (A1111, ComfyUI, kohya's scripts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fashionsd_x.models.base import Base, first_line
+from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
+from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name for load_lora_weights
+KOHYA_WEIGHTS = "pytorch_lora_weights_kohya.safetensors"
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA file that does not fit the base it is applied to (another architecture)."""
+
+
+def train_lora(data: Path, base: str, out: Path, config: Path | None = None, epochs: int | None = None,
+               max_steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+               resolution: int | None = None, rank: int | None = None, seed: int | None = None,
+               mixed_precision: str | None = None, grad_accum: int | None = None, checkpoint_every: int | None = None,
+               keep_checkpoints: int | None = None, resume: str | None = None, validate_every: int | None = None,
+               cache_latents: bool | None = None, num_processes: int = 1,
+               overrides: dict[str, str] | None = None) -> TrainResult:
+    """Fine-tune a Stable Diffusion base with LoRA on a garment dataset (image + caption).
+
+    OUT gets pytorch_lora_weights.safetensors (diffusers: pipe.load_lora_weights(OUT)), the same LoRA in
+    kohya/A1111/ComfyUI format (pytorch_lora_weights_kohya.safetensors), train_config.yaml, a model card
+    README.md, validation/ images, logs/ (TensorBoard) and checkpoints/. Options left out come from --config
+    (e.g. configs/lora_dresscode.yaml, the paper's run), else the defaults; any other setting can be given as
+    --name value (e.g. --snr-gamma 5 --random-flip true --target-modules to_q,to_v).
+
+    Args:
+        data: dataset folder written by `fsdx data build` (columns image and text).
+        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file.
+        out: output folder.
+        config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
+        epochs: passes over the train split.
+        max_steps: optimizer steps to train for (overrides epochs).
+        batch_size: samples per process per micro-batch.
+        lr: peak learning rate.
+        resolution: training side in pixels (square).
+        rank: LoRA rank.
+        seed: seed of every random draw (same seed, same run).
+        mixed_precision: no, fp16 (CUDA only) or bf16.
+        grad_accum: micro-batches per optimizer step.
+        checkpoint_every: save a resumable checkpoint every this many steps.
+        keep_checkpoints: keep only the newest this many checkpoints.
+        resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
+        validate_every: make validation images every this many steps (always at the end).
+        cache_latents: encode images and captions once (to OUT/cache) instead of every epoch; much faster.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        overrides: any other setting by name, values as YAML scalars.
+    """
+    settings = resolve_config(
+        LoraTrainConfig, config, overrides, data=local_source(data), base=local_source(base), epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, rank=rank, seed=seed,
+        mixed_precision=mixed_precision, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, validate_every=validate_every, cache_latents=cache_latents)
+    return train(LoraMethod, settings, Path(out), resume, num_processes)
+
+
+class LoraMethod(Method):
+    """Adapters in the UNet (and text encoder); the base weights stay frozen."""
+
+    stage = "lora"
+
+    def __init__(self, base: Base, config: LoraTrainConfig) -> None:
+        super().__init__(base, config)
+        self.unet_lora = _peft_config(config, config.target_modules)
+        with _explained("target_modules", self.unet_lora):
+            base.unet.add_adapter(self.unet_lora)
+        self.text_lora = _peft_config(config, config.text_encoder_target_modules) if config.train_text_encoder else None
+        if self.text_lora is not None:
+            with _explained("text_encoder_target_modules", self.text_lora):
+                # peft's injection, which add_adapter calls underneath: transformers 5's add_adapter insists on
+                # peft >= 0.22 for the same operation.
+                inject_adapter_in_model(self.text_lora, base.text_encoder, adapter_name="default")
+            base.text_encoder.peft_config = {"default": self.text_lora}  # what get_peft_model_state_dict reads
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.base.unet] + ([self.base.text_encoder] if self.text_lora else [])
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.text_lora is not None
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.prepared[1] if self.text_lora else self.base.text_encoder
+
+    def predict(self, noisy, timesteps, text, batch):
+        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        return self.base.pipeline()  # the adapters live inside base.unet (and base.text_encoder)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.base.unet.enable_gradient_checkpointing()
+        if self.text_lora is not None:
+            # transformers 5 renamed it (the old name warns); 4.x has only the old one.
+            text_encoder = self.base.text_encoder
+            getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)()
+
+    def weights(self, out: Path) -> Path:
+        return out / LORA_WEIGHTS
+
+    def save(self, out: Path, metadata: dict[str, str]) -> None:
+        unet_state = get_peft_model_state_dict(self.base.unet)
+        text_state = get_peft_model_state_dict(self.base.text_encoder) if self.text_lora else {}
+        StableDiffusionPipeline.save_lora_weights(
+            out, unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_state) if text_state else None,
+            # The adapter configs travel in the file so loaders use this run's alpha, not alpha = rank.
+            unet_lora_adapter_metadata=self.unet_lora.to_dict(),
+            text_encoder_lora_adapter_metadata=self.text_lora.to_dict() if self.text_lora else None,
+            safe_serialization=True)
+        add_metadata(out / LORA_WEIGHTS, metadata)
+        kohya_metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.config.rank),
+                          "ss_network_alpha": str(self.config.lora_alpha()),
+                          "ss_base_model_version": "sd_v2" if self.base.family == "sd2" else "sd_v1",
+                          "ss_v2": str(self.base.family == "sd2"),
+                          "ss_v_parameterization": str(self.base.prediction_type == "v_prediction"), **metadata}
+        save_file(kohya_state_dict(unet_state, text_state, self.config.lora_alpha()), str(out / KOHYA_WEIGHTS),
+                  metadata={"format": "pt", **kohya_metadata})
+
+
+def kohya_state_dict(unet_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],
+                     alpha: float) -> dict[str, torch.Tensor]:
+    """PEFT LoRA tensors in kohya's naming (lora_unet_*, lora_te_* with lora_down/lora_up and .alpha)."""
+    prefixed = {**{f"unet.{key}": value for key, value in unet_state.items()},
+                **{f"text_encoder.{key}": value for key, value in text_state.items()}}
+    converted = {}
+    for key, value in convert_state_dict_to_kohya(prefixed).items():
+        # diffusers writes lora_te1_ (SDXL's first encoder) after transformers 5's CLIP module path; SD 1.x/2.x
+        # tools expect kohya's lora_te_text_model_... names.
+        if key.startswith("lora_te1_"):
+            rest = key.removeprefix("lora_te1_")
+            key = "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+        # diffusers writes alpha = rank (scale 1); the real alpha keeps the scale alpha / rank this run trained.
+        converted[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else value.contiguous()
+    return converted
+
+
+def fuse_into_base(base: Base, lora: str | Path) -> None:
+    """Merge a LoRA (a FashionSD-X output folder or a .safetensors file) into the base's weights for good."""
+    path = Path(lora)
+    weights = path / LORA_WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"lora {lora}: no {LORA_WEIGHTS} there; pass the output folder of `fsdx train lora`")
+    with safe_open(str(weights), framework="pt") as handle:
+        expected = sum(1 for key in handle.keys() if "lora" in key and not key.endswith(".alpha"))
+    pipeline = base.pipeline()
+    try:
+        pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="fused")
+    except (ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise LoraMismatchError(f"lora {lora} does not fit base {base.source} (another architecture?): "
+                                f"{first_line(error)[:300]}") from None
+    loaded = sum(1 for module in (base.unet, base.text_encoder) for name, _ in module.named_parameters()
+                 if ".lora_A." in name or ".lora_B." in name)
+    if loaded != expected:
+        pipeline.unload_lora_weights()
+        raise LoraMismatchError(f"lora {lora} does not fit base {base.source}: only {loaded} of its {expected} "
+                                "tensors match the base's layers (another architecture?)")
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()  # the layers go, the fused weights stay
+
+
+def _peft_config(config: LoraTrainConfig, targets: list[str]) -> LoraConfig:
+    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha(), target_modules=list(targets),
+                      lora_dropout=config.lora_dropout, init_lora_weights=LORA_INITS[config.lora_init])
+
+
+@contextlib.contextmanager
+def _explained(field_name: str, lora: LoraConfig) -> Iterator[None]:
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(f"{field_name} {sorted(lora.target_modules)} match no layer of the model: "
+                          f"{' '.join(str(error).split())[:200]}") from None

@@ -1,0 +1,111 @@
+"""ControlNet training on sketches, the shared sketch preprocessing, and fusing a LoRA into the frozen UNet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from datasets import load_from_disk
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from PIL import Image, ImageDraw
+from transformers import CLIPTokenizer
+
+from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.models.base import load_base
+from fashionsd_x.train.controlnet import CONTROLNET_WEIGHTS, train_controlnet
+from fashionsd_x.train.data import TrainItems
+from fashionsd_x.train.lora import LoraMismatchError, fuse_into_base
+from tests.train.conftest import render
+
+
+def sketch(kind: str) -> Image.Image:
+    """A black line drawing on white, portrait like a catalogue sketch."""
+    image = Image.new("L", (24, 32), 255)
+    draw = ImageDraw.Draw(image)
+    if kind == "dress":
+        draw.polygon([(8, 2), (16, 2), (22, 30), (2, 30)], outline=0)
+    else:
+        draw.rectangle([2, 4, 21, 14], outline=0)
+        draw.line([(12, 14), (12, 30)], fill=0)
+    return image
+
+
+def test_control_image_keeps_polarity_and_pads_any_aspect_ratio():
+    drawn = sketch("dress")
+    tensor = control_image(drawn, 32)
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+    assert tensor.min() == 0.0 and tensor.max() == 1.0  # black lines stay 0, paper stays 1: no inversion
+    assert torch.all(tensor[:, :, :3] == 1.0)  # the portrait sketch is padded with white at the sides
+    assert (tensor < 0.5).float().mean() < 0.3  # mostly paper
+    assert torch.equal(control_image(np.asarray(drawn), 32), tensor)  # arrays give the same tensor
+    assert torch.equal(control_image(drawn, 32, invert=True), 1.0 - tensor)
+    with pytest.raises(ValueError, match="uint8"):
+        control_image(np.zeros((8, 8), dtype=np.float32), 32)
+
+
+@pytest.fixture(scope="module")
+def trained_controlnet(garments, tiny_base, trained_lora, tmp_path_factory):
+    """4 steps with the LoRA fused in, from cached latents with flip and caption dropout on; lr 1e-2 so the
+    zero-initialised output convolutions move far enough for the sketch to show in the image."""
+    out = tmp_path_factory.mktemp("controlnet") / "out"
+    result = train_controlnet(garments, str(tiny_base), out, lora=trained_lora, max_steps=4, batch_size=4,
+                              lr=1e-2, resolution=32, cache_latents=True,
+                              overrides={"random_flip": "true", "caption_dropout": "0.25", "validation_steps": "2",
+                                         "num_validation_images": "1", "checkpoint_every": "null"})
+    return out, result
+
+
+def test_controlnet_loads_and_the_sketch_steers_the_image(trained_controlnet, tiny_base, garments):
+    out, result = trained_controlnet
+    assert result.weights == out and np.isfinite(result.final_loss)
+    assert (out / CONTROLNET_WEIGHTS).is_file() and (out / "train_config.yaml").is_file()
+    assert any((out / "cache").rglob("index.json"))  # latents were cached, both orientations
+    assert (out / "validation" / "step_00004" / "00.png").is_file()
+    # Generation reads how sketches were made and their polarity from the ControlNet's train_config.yaml.
+    settings = yaml.safe_load((out / "train_config.yaml").read_text())
+    report = json.loads((garments / "build_report.json").read_text())
+    assert settings["sketch"] == report["parameters"]["sketch"] and settings["invert_sketch"] is False
+    controlnet = ControlNetModel.from_pretrained(out)
+    pipeline = StableDiffusionControlNetPipeline(**load_base(tiny_base).pipeline().components, controlnet=controlnet,
+                                                 requires_safety_checker=False)
+    dress = render(pipeline, image=control_image(sketch("dress"), 32)[None])
+    top = render(pipeline, image=control_image(sketch("top"), 32)[None])
+    assert np.abs(dress - top).max() > 1e-3
+
+
+def test_fused_lora_equals_the_loaded_lora(trained_lora, tiny_base):
+    fused = load_base(tiny_base)
+    fuse_into_base(fused, trained_lora)
+    assert not any("lora" in name for name, _ in fused.unet.named_parameters())  # merged, layers gone
+    unfused = load_base(tiny_base).pipeline()
+    unfused.load_lora_weights(trained_lora)
+    np.testing.assert_allclose(render(fused.pipeline()), render(unfused), atol=1e-5)
+    assert np.abs(render(fused.pipeline()) - render(load_base(tiny_base).pipeline())).max() > 1e-3
+
+
+def test_lora_of_another_architecture_is_refused_before_training(garments, other_base, trained_lora, tmp_path):
+    out = tmp_path / "mismatch"
+    with pytest.raises(LoraMismatchError, match="does not fit base"):
+        train_controlnet(garments, str(other_base), out, lora=trained_lora, max_steps=1, resolution=32)
+    assert not (out / CONTROLNET_WEIGHTS).exists() and not (out / "checkpoints").exists()
+
+
+def test_training_samples_use_the_stored_sketch_unchanged(garments, tiny_base):
+    split = load_from_disk(str(garments))["train"]
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base / "tokenizer")
+    item = TrainItems(split, tokenizer, resolution=32, control=True)[0]
+    stored = np.asarray(split[0]["sketch"], dtype=np.float32) / 255.0
+    assert torch.equal(item["control"][0], torch.from_numpy(stored))  # polarity and values as stored
+
+
+def test_trained_models_load_in_the_projects_generator(trained_controlnet, trained_lora, tiny_base):
+    from fashionsd_x.generate import GarmentGenerator
+
+    out, _ = trained_controlnet
+    generator = GarmentGenerator.load(tiny_base, lora=trained_lora, controlnet=out, device="cpu", dtype=torch.float32)
+    dress = generator("a red dress", sketch=sketch("dress"), steps=2, resolution=32)[0].image
+    top = generator("a red dress", sketch=sketch("top"), steps=2, resolution=32)[0].image
+    assert np.abs(np.asarray(dress, dtype=int) - np.asarray(top, dtype=int)).max() > 0
