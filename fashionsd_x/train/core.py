@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.train.cache import build_cache, cache_folder
 from fashionsd_x.train.card import write_card
-from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, read_state,
-                                           save_checkpoint)
+from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, load_checkpoint,
+                                           read_state, save_checkpoint)
 from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
 from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, derive_seed, open_dataset, tokenize,
                                     validation_samples)
@@ -219,8 +219,6 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         # Not prepared: accelerate would step it once per process; one step per optimizer step is the schedule.
         lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                      num_training_steps=total_steps)
-        accelerator.register_for_checkpointing(lr_scheduler)
-        _register_trainable_hooks(accelerator)
         empty = cache.empty_text() if cache else tokenize(base.tokenizer, [""])[0]
         samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
                                      with_sketch="sketch" in method.columns)
@@ -229,8 +227,7 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         # 6. Resume: weights, optimizer and schedule from the checkpoint; the step decides the data position.
         start_step = 0
         if checkpoint is not None:
-            accelerator.load_state(str(checkpoint))
-            state = read_state(checkpoint)
+            state = load_checkpoint(accelerator, checkpoint, models, optimizer, lr_scheduler)
             start_step, session.seconds_before = state["step"], state.get("seconds", 0.0)
             accelerator.print(f"resumed from {checkpoint} at step {start_step}")
         # 7. Train.
@@ -421,7 +418,8 @@ def checkpoint(s: Session, step: int) -> Path:
     state = {"stage": s.method.stage, "step": step, "micro_batches": step * s.config.grad_accum,
              "num_processes": s.accelerator.num_processes, "seconds": round(s.seconds(), 1),
              "config": s.config.to_dict()}
-    return save_checkpoint(s.accelerator, s.out / "checkpoints", step, state, s.config.keep_checkpoints)
+    return save_checkpoint(s.accelerator, s.out / "checkpoints", step, state, s.config.keep_checkpoints,
+                           s.method.prepared, s.optimizer, s.lr_scheduler)
 
 
 def validate(s: Session, step: int) -> list[Path]:
@@ -519,36 +517,6 @@ def _checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) ->
         raise CheckpointError(f"checkpoint {checkpoint} was made with other settings ({detail}); only "
                               f"{', '.join(RUN_FIELDS)} may change when resuming")
     return checkpoint
-
-
-def _register_trainable_hooks(accelerator: Accelerator) -> None:
-    """Checkpoints hold only the trainable parameters (a LoRA checkpoint is MBs, not the whole UNet)."""
-
-    def save_hook(models: list, weights: list, folder: str) -> None:
-        if accelerator.is_main_process:
-            for number, model in enumerate(models):
-                save_file(_trainable_state(accelerator.unwrap_model(model)),
-                          os.path.join(folder, f"trainable_{number}.safetensors"))
-        weights.clear()  # accelerate saves no full model copy
-
-    def load_hook(models: list, folder: str) -> None:
-        loaded = list(models)
-        models.clear()  # accelerate loads nothing itself
-        for number, model in enumerate(loaded):
-            model = accelerator.unwrap_model(model)
-            state = load_file(os.path.join(folder, f"trainable_{number}.safetensors"), device=str(accelerator.device))
-            missing = set(_trainable_state(model)) - set(state)
-            if missing:
-                raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} trainable tensors "
-                                      f"(e.g. {min(missing)})")
-            model.load_state_dict(state, strict=False)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _no_sync(accelerator: Accelerator, models: list[torch.nn.Module], skip: bool) -> contextlib.ExitStack:

@@ -45,6 +45,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(garments, tiny_base, t
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / LORA_WEIGHTS).exists()
     reached = complete_checkpoints(killed / "checkpoints")[-1]
+    # safetensors and JSON only: resuming never unpickles anything
+    assert sorted(path.suffix for path in reached.iterdir()) == ["", ".json", ".json", ".json", ".safetensors",
+                                                                 ".safetensors"]
     # A checkpoint cut short at a later step must be ignored: no marker, and a leftover temporary folder.
     (killed / "checkpoints" / "checkpoint-6").mkdir(exist_ok=True)
     (killed / "checkpoints" / ".checkpoint-8.tmp").mkdir(exist_ok=True)
