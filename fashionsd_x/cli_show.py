@@ -35,12 +35,16 @@ def train(result: Any) -> int:
 
 
 def generate(run: Any) -> int:
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+        return 0
     print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
     _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])
     return 0
 
 
 def evaluate(result: Any) -> int:
+    if not result.metrics:  # a non-main process of a multi-process run: the main process reports
+        return 0
     print((result.out / "metrics.md").read_text(encoding="utf-8"))
     print(f"wrote {result.out / 'metrics.json'}, {result.out / 'metrics.md'} and {result.out / 'report.html'}")
     return 0

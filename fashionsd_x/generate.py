@@ -101,6 +101,18 @@ def read_params(png: Path) -> GenerationParams:
     return GenerationParams(**json.loads(text))
 
 
+def process_state():
+    """accelerate's view of this process (index, count), also under a multi-process CPU launch.
+
+    PartialState() alone ignores ACCELERATE_USE_CPU and sees one process per CPU worker; asking for cpu=True
+    when that variable is set makes `accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=true split work.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def best_device() -> torch.device:
     """CUDA, then Apple MPS, then CPU."""
     if torch.cuda.is_available():
@@ -402,13 +414,11 @@ def generate(
         out: output folder.
         batch: JSONL file of items to generate in one run.
     """
-    from accelerate import PartialState
-
     items, skipped = _items(prompt, sketch, photo, negative_prompt, n, seed, batch)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
     generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=lora_scale)
-    state = PartialState()
+    state = process_state()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -426,8 +436,10 @@ def generate(
                 failed.append({"line": item.get("line"), "reason": str(error)})
                 continue
             files.extend(_write(results, out, index))
-    _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
-    return GenerationRun(out, files, skipped + failed)
+    merged = _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
+    if state.is_main_process:  # the main process reports what every process wrote
+        files, skipped = [out / row["file"] for row in merged["generations"]], merged["skipped"]
+    return GenerationRun(out, files, skipped if state.is_main_process else failed)
 
 
 def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative_prompt: str, n: int, seed: int,
@@ -460,18 +472,24 @@ def _write(results: list[Generated], out: Path, index: int) -> list[Path]:
     return [result.save(out / f"{index:04d}_{result.params.seed}.png") for result in results]
 
 
-def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> None:
-    """Each process writes its own parts; the main process joins them (no two writers on one file)."""
+def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dict[str, list[dict]]:
+    """Each process writes its own parts; the main process joins them (no two writers on one file).
+
+    Returns, on the main process, this run's rows of every process: {"generations": [...], "skipped": [...]}.
+    """
     rows = [json.dumps({"file": file.name, **asdict(read_params(file))}) + "\n" for file in files]
     (out / f".generations.{state.process_index}.jsonl").write_text("".join(rows), encoding="utf-8")
     (out / f".skipped.{state.process_index}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
     state.wait_for_everyone()
+    merged: dict[str, list[dict]] = {"generations": [], "skipped": []}
     if state.is_main_process:
-        for name in ("generations", "skipped"):
+        for name in merged:
             parts = sorted(out.glob(f".{name}.*.jsonl"))
             text = "".join(part.read_text(encoding="utf-8") for part in parts)
+            merged[name] = [json.loads(line) for line in text.splitlines()]
             if text:
                 with (out / f"{name}.jsonl").open("a", encoding="utf-8") as log:
                     log.write(text)
             for part in parts:
                 part.unlink()
+    return merged

@@ -164,3 +164,22 @@ def test_cli_writes_pngs_and_log_and_reports_bad_batch_lines(models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fashionsd_x", "generate", "--model", str(tmp_path / "nowhere"),
                           "--prompt", "a dress"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_batch_generation_splits_across_two_processes(models, tmp_path):
+    """accelerate launch with 2 CPU processes: every item generated once, one merged log, one report."""
+    items = [{"prompt": f"garment {k}", "seed": k} for k in range(4)]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", "29517", "-m", "fashionsd_x", "generate", "--model",
+               str(models["base"]), "--batch", str(tmp_path / "batch.jsonl"), "--n", "1", "--steps", "2",
+               "--out", str(tmp_path / "out")]
+    env = {**__import__("os").environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0000_0.png", "0001_1.png", "0002_2.png",
+                                                                       "0003_3.png"]
+    log = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert sorted(row["file"] for row in log) == ["0000_0.png", "0001_1.png", "0002_2.png", "0003_3.png"]
+    assert result.stdout.count("wrote 4 image(s)") == 1
+    assert not list((tmp_path / "out").glob(".*.jsonl"))

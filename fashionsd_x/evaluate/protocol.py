@@ -25,7 +25,7 @@ from PIL import Image
 
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.evaluate import metrics as M
-from fashionsd_x.generate import GarmentGenerator, GenerationError, read_params
+from fashionsd_x.generate import GarmentGenerator, GenerationError, process_state, read_params
 
 VARIANTS = ("vanilla", "lora", "fashionsd-x")
 # metric -> (label, higher is better)
@@ -102,6 +102,8 @@ def evaluate(
     out = Path(out)
     generated = {variant: generate_variant(variant, rows, model, lora, controlnet, settings, out / "images" / variant)
                  for variant in chosen}
+    if not process_state().is_main_process:  # the other processes helped generate; one process scores and writes
+        return EvalResult(out, {})
     table, unavailable = score_variants(rows, generated, clip_model, inception_weights)
     result = {"variants": table, "unavailable": unavailable, "settings": settings.__dict__, "split": split,
               "num_items": len(rows), "data": str(data), "model": model, "lora": _str(lora),
@@ -144,9 +146,7 @@ def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | No
 
     Processes launched with accelerate split the rows; every process then reads all images back.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     folder.mkdir(parents=True, exist_ok=True)
     expected = {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler,
                 "lora": _str(lora) if variant != "vanilla" else None,
