@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 from PIL import Image
 
 from fashionsd_x.data.synth import render_garment, sample_spec, synthesize
+from fashionsd_x.models.tiny import TinyConfig, build_tiny_base
 
 
 def garment(index: int, size: int = 96, portrait: bool = True, **filters) -> Image.Image:
@@ -76,3 +78,24 @@ def vitonhd_root(tmp_path: Path) -> Path:
 def synth_root(tmp_path: Path) -> Path:
     """A folder source of 12 synthetic garments with metadata.jsonl, as `fsdx data synth` writes it."""
     return synthesize(tmp_path / "synth", num=12, seed=3, size=64)
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the Hub: HF_HUB_OFFLINE=1 for subprocesses, and the flag huggingface_hub already read
+    at import time for this process (so an accidental Hub call fails at once instead of retrying for 20 s)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-px epsilon tiny base as a diffusers folder, built once per session; tests copy it before changing it."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture trained for v-prediction (SD 2.x 768-v style), other random weights."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny_v") / "base", TinyConfig(prediction_type="v_prediction"),
+                           seed=1)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +25,7 @@ from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SKETCH_METHODS, SketchConfig, extract_sketch
 from fashionsd_x.data.sources import SOURCES, LayoutError, Record, Skip, scan_source
 from fashionsd_x.data.sources.base import SPLITS
+from fashionsd_x.provenance import package_versions
 
 REPORT_NAME = "build_report.json"
 WRITER_BATCH = 64  # rows per Arrow write: bounds memory to this many encoded images
@@ -245,7 +244,7 @@ def _report(config: BuildConfig, dataset: DatasetDict, skipped: list[Skip], seco
         "num_skipped": len(skipped),
         "skipped": [{"id": skip.id, "path": skip.path, "reason": skip.reason} for skip in skipped],
         "columns": dataset["train"].column_names,
-        "versions": _versions(),
+        "versions": package_versions(PACKAGES),
         "seconds": round(seconds, 2),
     }
 
@@ -256,15 +255,6 @@ def _category_counts(split: Dataset) -> dict[str, int]:
         counts[category] = counts.get(category, 0) + 1
     return dict(sorted(counts.items()))
 
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 __all__ = ["BuildConfig", "BuildResult", "SKETCH_METHODS", "build_dataset", "process_item", "run_build"]

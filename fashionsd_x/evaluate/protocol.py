@@ -12,11 +12,8 @@ weights cannot be loaded is reported unavailable with the reason; the others are
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +23,7 @@ from PIL import Image
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.evaluate import metrics as M
 from fashionsd_x.generate import GarmentGenerator, GenerationError, process_state, read_params
+from fashionsd_x.provenance import package_versions
 
 VARIANTS = ("vanilla", "lora", "fashionsd-x")
 # metric -> (label, higher is better)
@@ -108,7 +106,7 @@ def evaluate(
     result = {"variants": table, "unavailable": unavailable, "settings": settings.__dict__, "split": split,
               "num_items": len(rows), "data": str(data), "model": model, "lora": _str(lora),
               "controlnet": _str(controlnet), "clip_model": clip_model, "inception_weights": _str(inception_weights),
-              "versions": _versions()}
+              "versions": package_versions(PACKAGES)}
     from fashionsd_x.evaluate.report import write_outputs
     write_outputs(out, result, rows, generated)
     return EvalResult(out, result)
@@ -250,17 +248,3 @@ def _safe(garment_id: str) -> str:
 
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def save_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

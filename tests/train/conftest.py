@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-
-import huggingface_hub.constants
 import pytest
+import torch
 
 from fashionsd_x.data.build import build_dataset
 from fashionsd_x.data.synth import synthesize
@@ -27,26 +25,6 @@ def one_thread() -> None:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach the Hub (subprocesses included)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 32-px epsilon tiny base (diffusers folder)."""
-    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
-
-
-@pytest.fixture(scope="session")
-def tiny_v_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same architecture as a v-prediction base (SD 2.x 768-v style)."""
-    config = TinyConfig(prediction_type="v_prediction")
-    return build_tiny_base(tmp_path_factory.mktemp("tiny_v") / "base", config, seed=1)
 
 
 @pytest.fixture(scope="session")
