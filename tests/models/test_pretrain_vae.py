@@ -21,12 +21,7 @@ TINY = VaeTrainConfig(resolution=32, block_out_channels=(8, 16), batch_size=4, l
                       checkpoint_every=None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,9 @@ FAST = {"num_validation_images": "0", "checkpoint_every": "null"}
 RUN = dict(max_steps=4, batch_size=4, lr=1e-3, resolution=32, seed=3)  # a short run whose result can be compared
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_thread() -> None:
-    """Tiny tensors: OpenMP's thread barriers cost more than a second thread gives, and on a busy 2-core runner
-    far more (a 32x32 silu measured 0.05 ms on 1 thread, 5 ms on 2 while the other core was taken)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def single_thread(one_thread) -> None:
+    """Every training test runs torch on one thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +52,6 @@ def trained_lora(garments: Path, tiny_base: Path, tmp_path_factory: pytest.TempP
 
 def render(pipeline, **inputs) -> np.ndarray:
     """Two denoising steps at 32 px from a fixed generator: enough to compare models bit for bit."""
-    import torch
-
     generator = torch.Generator().manual_seed(0)
     return pipeline("a red floral dress", num_inference_steps=2, height=32, width=32, generator=generator,
                     output_type="np", **inputs).images[0]
