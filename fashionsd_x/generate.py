@@ -30,6 +30,7 @@ from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.models.base import Base, load_base
+from fashionsd_x.models.embedded import with_embedded
 
 LOGGER = logging.getLogger(__name__)
 SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler,
@@ -162,9 +163,12 @@ class GarmentGenerator:
         self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def load(cls, model: str | Path, lora: str | Path | None = None, controlnet: str | Path | None = None,
-             **options: Any) -> GarmentGenerator:
-        """Load the base (hub id, diffusers folder or .safetensors file) and build the generator."""
+    def load(cls, model: str | Path | None = None, lora: str | Path | None = None,
+             controlnet: str | Path | None = None, **options: Any) -> GarmentGenerator:
+        """Load the base (hub id, diffusers folder or .safetensors file) and build the generator.
+
+        No model (or "tiny"): the embedded model with its LoRA and ControlNet, unless others are given."""
+        model, lora, controlnet = with_embedded(model, lora, controlnet)
         device = torch.device(options.pop("device", None) or best_device())
         dtype = options.pop("dtype", None) or default_dtype(device)
         return cls(load_base(model, torch_dtype=dtype), lora=lora, controlnet=controlnet, device=device, dtype=dtype,
@@ -370,7 +374,7 @@ class GenerationRun:
 
 
 def generate(
-    model: str,
+    model: str | None = None,
     prompt: str | None = None,
     sketch: Path | None = None,
     photo: Path | None = None,
@@ -396,7 +400,8 @@ def generate(
     skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items.
 
     Args:
-        model: base model: hub id, diffusers folder or .safetensors file.
+        model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
+            with its own LoRA and ControlNet unless --lora/--controlnet are given.
         prompt: garment description (not needed with --batch).
         sketch: sketch image (black lines on white); needs --controlnet.
         photo: garment photo whose sketch is extracted as in the dataset stage; needs --controlnet.
@@ -415,6 +420,7 @@ def generate(
         batch: JSONL file of items to generate in one run.
     """
     items, skipped = _items(prompt, sketch, photo, negative_prompt, n, seed, batch)
+    model, lora, controlnet = with_embedded(model, lora, controlnet)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
     generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=lora_scale)

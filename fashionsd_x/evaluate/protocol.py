@@ -23,6 +23,7 @@ from PIL import Image
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.evaluate import metrics as M
 from fashionsd_x.generate import GarmentGenerator, GenerationError, process_state, read_params
+from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
 
 VARIANTS = ("vanilla", "lora", "fashionsd-x")
@@ -60,8 +61,8 @@ class EvalResult:
 
 def evaluate(
     data: Path,
-    model: str,
-    out: Path,
+    model: str | None = None,
+    out: Path = Path("outputs/evaluation"),
     lora: Path | None = None,
     controlnet: Path | None = None,
     split: str = "test",
@@ -81,7 +82,8 @@ def evaluate(
 
     Args:
         data: dataset folder from `fsdx data build` (needs the split with image, sketch and text).
-        model: base model: hub id, diffusers folder or .safetensors file.
+        model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
+            with its own LoRA and ControlNet unless --lora/--controlnet are given.
         out: output folder.
         lora: LoRA folder (needed by the lora and fashionsd-x variants).
         controlnet: ControlNet folder (needed by the fashionsd-x variant).
@@ -94,6 +96,7 @@ def evaluate(
         clip_model: CLIP for the CLIP score: hub id (cached) or local folder.
         inception_weights: local Inception-v3 weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth).
     """
+    model, lora, controlnet = with_embedded(model, lora, controlnet)
     chosen = _variants(variants, lora, controlnet)
     rows = _load_split(Path(data), split, limit)
     settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale)

@@ -28,7 +28,9 @@ class TinyConfig:
     vae_channels: tuple[int, ...] = (32, 64)  # VAE block widths; latents are 2**(len-1) times smaller
     text_hidden: int = 32  # CLIP text encoder width (also the UNet's cross-attention dim)
     text_layers: int = 2  # CLIP text encoder depth
-    attention_head_dim: int = 8  # channels per attention head in the UNet
+    attention_head_dim: int = 8  # attention heads per UNet block (diffusers' historical name for the head count)
+    attention_levels: tuple[int, ...] | None = None  # UNet levels (0: full latent size) with cross-attention;
+    # None: every level but the coarsest, as in SD. Attention at fine levels dominates a small UNet's cost.
     prediction_type: str = "epsilon"  # or "v_prediction" (SD 2.x 768-v style)
 
     def __post_init__(self) -> None:
@@ -36,20 +38,24 @@ class TinyConfig:
             raise ValueError("unet_channels needs at least 2 entries and vae_channels at least 1")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.attention_levels is not None and not set(self.attention_levels) <= set(range(len(self.unet_channels))):
+            raise ValueError(f"attention_levels {self.attention_levels} must be UNet levels 0..{len(self.unet_channels) - 1}")
         if self.sample_size % (2 ** (len(self.vae_channels) - 1 + len(self.unet_channels) - 1)):
             raise ValueError(f"sample_size {self.sample_size} must be divisible by the VAE and UNet downsampling")
 
 
 def tiny_unet(config: TinyConfig) -> UNet2DConditionModel:
     blocks = len(config.unet_channels)
+    levels = range(blocks - 1) if config.attention_levels is None else config.attention_levels
+    down = tuple("CrossAttnDownBlock2D" if level in levels else "DownBlock2D" for level in range(blocks))
     return UNet2DConditionModel(
         sample_size=config.sample_size // 2 ** (len(config.vae_channels) - 1),
         in_channels=4,
         out_channels=4,
         block_out_channels=config.unet_channels,
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",) * (blocks - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (blocks - 1),
+        down_block_types=down,
+        up_block_types=tuple(kind.replace("Down", "Up") for kind in reversed(down)),
         cross_attention_dim=config.text_hidden,
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=min(32, config.unet_channels[0]),

@@ -24,6 +24,11 @@ pipe = StableDiffusionPipeline.from_pretrained("{base}")
 pipe.load_lora_weights("{out}")  # or pytorch_lora_weights_kohya.safetensors in A1111 / ComfyUI
 image = pipe("{prompt}").images[0]
 ```""",
+    "base": """```python
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained("{out}")
+image = pipe("{prompt}", height={resolution}, width={resolution}).images[0]
+```""",
     "controlnet": """```python
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from fashionsd_x.data.conditioning import control_image  # the exact sketch preprocessing used in training
@@ -32,7 +37,7 @@ pipe = StableDiffusionControlNetPipeline.from_pretrained("{base}", controlnet=co
 image = pipe("{prompt}", image=control_image(sketch, {resolution})[None]).images[0]
 ```""",
 }
-TITLES = {"lora": "LoRA", "controlnet": "ControlNet"}
+TITLES = {"lora": "LoRA", "controlnet": "ControlNet", "base": "base model"}
 
 
 def write_card(out: Path, config: TrainConfig, result: TrainResult, hardware: str, data: Any, family: str,

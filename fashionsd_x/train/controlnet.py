@@ -27,7 +27,7 @@ CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetMod
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default sketch-embedding widths (3 stride-2 convs: 8x down)
 
 
-def train_controlnet(data: Path, base: str, out: Path, lora: Path | None = None, init: str | None = None,
+def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/controlnet"), lora: Path | None = None, init: str | None = None,
                      config: Path | None = None, epochs: int | None = None, max_steps: int | None = None,
                      batch_size: int | None = None, lr: float | None = None, resolution: int | None = None,
                      seed: int | None = None, mixed_precision: str | None = None, grad_accum: int | None = None,
@@ -44,7 +44,8 @@ def train_controlnet(data: Path, base: str, out: Path, lora: Path | None = None,
 
     Args:
         data: dataset folder written by `fsdx data build` (columns image, sketch and text).
-        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file.
+        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file; tiny is the
+            embedded model's base.
         out: output folder.
         lora: a LoRA output folder (of `fsdx train lora` on this base) fused into the frozen UNet first.
         init: ControlNet (hub id or folder) to start from instead of a copy of the base UNet's encoder.

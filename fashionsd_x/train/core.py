@@ -206,8 +206,11 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
                                   method.cache_identity())
             cache = build_cache(folder, data["train"], base, config.resolution, config.random_flip,
                                 config.batch_size, accelerator)
+        # A text encoder being trained cannot use cached caption embeddings: it gets token ids instead.
+        cached_text = cache is not None and not method.trains_text_encoder
         items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,
-                           invert_sketch=getattr(config, "invert_sketch", False), cache=cache)
+                           invert_sketch=getattr(config, "invert_sketch", False), cache=cache,
+                           cached_text=cached_text)
         loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, drop_last=False,
                                              sampler=EpochSampler(len(items), config.seed),
                                              num_workers=config.dataloader_workers)
@@ -219,7 +222,7 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         # Not prepared: accelerate would step it once per process; one step per optimizer step is the schedule.
         lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                      num_training_steps=total_steps)
-        empty = cache.empty_text() if cache else tokenize(base.tokenizer, [""])[0]
+        empty = cache.empty_text() if cached_text else tokenize(base.tokenizer, [""])[0]
         samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
                                      with_sketch="sketch" in method.columns)
         session = Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,

@@ -76,12 +76,15 @@ def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
 class TrainItems(torch.utils.data.Dataset):
     """Sample i of the train split as tensors: from the latent cache when given, else decoded from the images.
 
-    Keys: index; pixels + input_ids (uncached) or latent_mean, latent_std, text (cached); control (ControlNet).
+    Keys: index; pixels (uncached) or latent_mean + latent_std (cached); input_ids, or the cached caption
+    embedding `text` when `cached_text`; control (ControlNet).
     """
 
     def __init__(self, split: Dataset, tokenizer: Any, resolution: int, control: bool = False,
-                 invert_sketch: bool = False, cache: Any = None) -> None:
-        self.columns = ([] if cache is not None else ["image", "text"]) + (["sketch"] if control else [])
+                 invert_sketch: bool = False, cache: Any = None, cached_text: bool = True) -> None:
+        self.cached_text = cache is not None and cached_text
+        self.columns = (([] if cache is not None else ["image"]) + ([] if self.cached_text else ["text"])
+                        + (["sketch"] if control else []))
         # Only the needed columns are decoded: a cached LoRA run never touches an image.
         self.split = split.select_columns(self.columns) if self.columns else split
         self.tokenizer, self.resolution, self.invert_sketch, self.cache = tokenizer, resolution, invert_sketch, cache
@@ -96,6 +99,8 @@ class TrainItems(torch.utils.data.Dataset):
             item.update(self.cache.item(index))
         else:
             item["pixels"] = image_tensor(row["image"], self.resolution)
+        if not self.cached_text:
+            item.pop("text", None)
             item["input_ids"] = tokenize(self.tokenizer, [row["text"] or ""])[0]
         if "sketch" in row:
             item["control"] = control_image(row["sketch"], self.resolution, self.invert_sketch)

@@ -31,7 +31,7 @@ class LoraMismatchError(ValueError):
     """A LoRA file that does not fit the base it is applied to (another architecture)."""
 
 
-def train_lora(data: Path, base: str, out: Path, config: Path | None = None, epochs: int | None = None,
+def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"), config: Path | None = None, epochs: int | None = None,
                max_steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
                resolution: int | None = None, rank: int | None = None, seed: int | None = None,
                mixed_precision: str | None = None, grad_accum: int | None = None, checkpoint_every: int | None = None,
@@ -48,7 +48,8 @@ def train_lora(data: Path, base: str, out: Path, config: Path | None = None, epo
 
     Args:
         data: dataset folder written by `fsdx data build` (columns image and text).
-        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file.
+        base: Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors file; tiny is the
+            embedded model's base.
         out: output folder.
         config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
         epochs: passes over the train split.

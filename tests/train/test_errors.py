@@ -70,7 +70,6 @@ NO_BITSANDBYTES = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is
     pytest.param({"mixed_precision": "fp16"}, "fp16 needs a CUDA GPU", marks=NO_CUDA),
     pytest.param({"overrides": {"use_8bit_adam": "true"}}, "use_8bit_adam needs bitsandbytes", marks=NO_BITSANDBYTES),
     ({"rank": 0}, "rank must be at least 1"),
-    ({"overrides": {"cache_latents": "true", "train_text_encoder": "true"}}, "train_text_encoder and cache_latents"),
     ({"overrides": {"target_modules": "no_such_layer"}}, r"target_modules \['no_such_layer'\] match no layer"),
 ])
 def test_bad_settings(garments, tiny_base, tmp_path, options, match):

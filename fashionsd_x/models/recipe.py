@@ -1,0 +1,218 @@
+"""The embedded tiny model's recipe: synthetic data, a base from scratch, then the paper's LoRA and ControlNet.
+
+`fsdx train tiny` runs every stage in order and resumes where it stopped: a finished stage is skipped, an
+interrupted one continues from its newest checkpoint (every stage checkpoints as it goes). Stages:
+    0. data: a synthetic "catalogue" (solid and striped garments) and a "new collection" (dotted and checked
+       ones), each built into a sketch-augmented dataset with `fsdx data build`'s function;
+    1. VAE: an AutoencoderKL pretrained from scratch on the catalogue (not in the paper, which starts from
+       Stable Diffusion's weights; nothing can be downloaded here);
+    2. base: UNet and CLIP text encoder trained from scratch on the catalogue (also not in the paper);
+    3. LoRA on the new collection with `fsdx train lora` (paper step 2, as the paper fine-tunes on Dress Code);
+    4. ControlNet on the new collection's sketches with the LoRA fused (`fsdx train controlnet --lora`, step 3).
+`ship` then copies the result into the package (fashionsd_x/embedded), where it becomes the default model.
+The settings differ from the paper's where a model trained from scratch on a CPU needs it (higher learning
+rates, more steps); RecipeConfig lists them and the model card records them with times and hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fashionsd_x.models.pretrain_vae import REPORT_NAME as VAE_REPORT
+from fashionsd_x.models.pretrain_vae import VaeTrainConfig
+from fashionsd_x.models.tiny import TinyConfig
+
+RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
+RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One synthetic dataset of the recipe."""
+
+    num: int  # garments (about 10% go to the held-out test split)
+    seed: int  # synthesis seed
+    patterns: tuple[str, ...]  # the patterns it shows
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Every setting of the embedded model's recipe (the defaults made the shipped model)."""
+
+    resolution: int = 128  # image side in pixels everywhere
+    catalogue: DataSpec = DataSpec(8000, 1, ("solid", "stripes"))  # what the base learns from
+    collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"))  # the "new collection" of the LoRA and ControlNet
+    vae: VaeTrainConfig = VaeTrainConfig(resolution=128, block_out_channels=(16, 32, 64), crop=64, batch_size=16,
+                                         lr=5e-4, max_steps=4000, checkpoint_every=250)
+    # UNet levels at 32, 16 and 8 latent pixels; cross-attention only at 8 (and the middle block): attention at
+    # 32 x 32 would cost more than the rest of the UNet.
+    model: TinyConfig = TinyConfig(sample_size=128, unet_channels=(32, 64, 128), vae_channels=(16, 32, 64),
+                                   text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,))
+    base_settings: dict[str, Any] = field(default_factory=lambda: {
+        "max_steps": 4000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
+        "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,
+        "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
+    # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
+    # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
+    lora_settings: dict[str, Any] = field(default_factory=lambda: {
+        "max_steps": 1500, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "random_flip": True,
+        "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
+        "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
+                                                   "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
+    controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
+        "max_steps": 3000, "batch_size": 16, "lr": 1e-4, "snr_gamma": 5.0, "random_flip": True,
+        "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
+        "num_validation_images": 8, "validation_steps": 20})
+    seed: int = 0  # weights and every random draw of the training stages
+
+
+def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
+    """A base to pretrain: random UNet and text encoder of `model`, the pretrained VAE, the real CLIP tokenizer.
+
+    Its scheduler is UniPC over SD's training schedule (the sampler generation uses by default); training
+    reads the same config as a DDPM schedule.
+    """
+    from diffusers import AutoencoderKL, UniPCMultistepScheduler
+
+    from fashionsd_x.models.tiny import tiny_pipeline
+
+    pipeline = tiny_pipeline(model, seed)
+    pipeline.vae = AutoencoderKL.from_pretrained(vae, use_safetensors=True)
+    pipeline.register_modules(vae=pipeline.vae,
+                              scheduler=UniPCMultistepScheduler.from_config(pipeline.scheduler.config))
+    temporary = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    pipeline.save_pretrained(temporary, safe_serialization=True)
+    temporary.rename(out)
+    return out
+
+
+def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_after: str | None = None) -> Path:
+    """Train the embedded tiny FashionSD-X model from nothing, resuming where an earlier run stopped.
+
+    Stages (each skipped when finished, continued from its newest checkpoint when interrupted): synthetic
+    catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
+    catalogue; LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
+    (`fsdx train controlnet --lora`). OUT/recipe.json records each stage's data size, steps, time and hardware.
+    Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
+
+    Args:
+        out: working folder of the recipe (datasets, stage outputs, checkpoints).
+        ship: copy the finished model into the package (fashionsd_x/embedded), making it the default.
+        stop_after: stop after this stage (data, vae, base, lora or controlnet).
+    """
+    out, config = Path(out), RecipeConfig()
+    stages = ("data", "vae", "base", "lora", "controlnet")
+    if stop_after is not None and stop_after not in stages:
+        raise ValueError(f"stop_after must be one of {', '.join(stages)}, got {stop_after!r}")
+    record = _read_record(out)
+    record["config"] = _jsonable(asdict(config))
+    for stage in stages:
+        runner = {"data": _data, "vae": _vae, "base": _base, "lora": _lora, "controlnet": _controlnet}[stage]
+        started = time.monotonic()
+        figures = runner(out, config)
+        record.setdefault("stages", {})[stage] = {**figures, "wall_seconds_this_run": round(time.monotonic() - started, 1)}
+        _write_record(out, record)
+        if stage == stop_after:
+            return out
+    if ship:
+        from fashionsd_x.models.embedded import ship_model
+
+        ship_model(out)
+    return out
+
+
+def _data(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.data.build import build_dataset
+    from fashionsd_x.data.synth import synthesize
+
+    figures = {}
+    for name, spec in (("catalogue", config.catalogue), ("collection", config.collection)):
+        data = out / f"{name}_data"
+        if not (data / "build_report.json").is_file():
+            synthesize(out / name, num=spec.num, seed=spec.seed, size=config.resolution, patterns=spec.patterns)
+            build_dataset("folder", out / name, data, resolution=config.resolution, num_proc=2)
+        report = json.loads((data / "build_report.json").read_text(encoding="utf-8"))
+        figures[name] = {"rows": report["num_rows"], "patterns": list(spec.patterns), "seed": spec.seed}
+    return figures
+
+
+def _vae(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.models.pretrain_vae import train_vae
+
+    report = out / "vae" / VAE_REPORT
+    if not _finished_vae(report, config.vae):
+        train_vae(config.vae, out / "catalogue_data", out / "vae", resume="latest")
+    return json.loads(report.read_text(encoding="utf-8"))
+
+
+def _finished_vae(report: Path, vae: VaeTrainConfig) -> bool:
+    return report.is_file() and json.loads(report.read_text(encoding="utf-8"))["steps"] >= vae.max_steps
+
+
+def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.train.pretrain import train_base
+
+    if not (out / "base_init" / "model_index.json").is_file():
+        init_base(out / "base_init", out / "vae" / "vae", config.model, config.seed)
+    return _train_stage(out / "base", config.base_settings["max_steps"], lambda: train_base(
+        out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
+        overrides=_overrides(config.base_settings, config)))
+
+
+def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.train.lora import train_lora
+
+    return _train_stage(out / "lora", config.lora_settings["max_steps"], lambda: train_lora(
+        out / "collection_data", str(out / "base"), out / "lora", resume="latest",
+        overrides=_overrides(config.lora_settings, config)))
+
+
+def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.train.controlnet import train_controlnet
+
+    return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], lambda: train_controlnet(
+        out / "collection_data", str(out / "base"), out / "controlnet", lora=out / "lora", resume="latest",
+        overrides=_overrides(config.controlnet_settings, config)))
+
+
+def _train_stage(folder: Path, steps: int, run: Any) -> dict[str, Any]:
+    """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way."""
+    result = folder / RESULT_NAME
+    if not (result.is_file() and json.loads(result.read_text(encoding="utf-8"))["steps"] >= steps):
+        run()
+    figures = json.loads(result.read_text(encoding="utf-8"))
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    figures["hardware"] = next((line.split("|")[2].strip() for line in card.splitlines()
+                                if line.startswith("| hardware |")), "")
+    return figures
+
+
+def _overrides(settings: dict[str, Any], config: RecipeConfig) -> dict[str, str]:
+    """Settings as the `--name value` overrides the CLI passes (YAML scalars; lists comma-separated)."""
+    values = {"resolution": config.resolution, "seed": config.seed, **settings}
+    return {name: ",".join(value) if isinstance(value, list) else json.dumps(value) for name, value in values.items()}
+
+
+def _read_record(out: Path) -> dict[str, Any]:
+    path = out / RECIPE_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _write_record(out: Path, record: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = out / f".{RECIPE_NAME}.tmp"
+    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    temporary.replace(out / RECIPE_NAME)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+__all__ = ["DataSpec", "RecipeConfig", "init_base", "train_tiny"]

@@ -1,0 +1,105 @@
+"""Full training of a base's UNet and text encoder: how the embedded tiny model learns garments from scratch.
+
+Not a step of the paper, which starts from Stable Diffusion's pretrained weights: it stands in for the
+pretraining no one can download here. The VAE stays frozen (pretrain it first with
+`fashionsd_x.models.pretrain_vae`); the UNet and the CLIP text encoder learn together from the denoising loss,
+so caption words get their meaning from the images. The loop, checkpoints and resume are the LoRA and
+ControlNet trainers' (train/core.py); the result is a whole diffusers folder, a base for `fsdx train lora`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from fashionsd_x.models.base import Base
+from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
+from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
+
+
+def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None, epochs: int | None = None,
+               max_steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+               resolution: int | None = None, seed: int | None = None, mixed_precision: str | None = None,
+               checkpoint_every: int | None = None, resume: str | None = None, cache_latents: bool | None = None,
+               num_processes: int = 1, overrides: dict[str, str] | None = None) -> TrainResult:
+    """Train every weight of a base's UNet (and its text encoder) on a garment dataset; the VAE stays frozen.
+
+    For a base built from random weights (the embedded tiny model's recipe) or a full fine-tune. OUT becomes a
+    diffusers folder (StableDiffusionPipeline.from_pretrained(OUT)) with train_config.yaml, a model card,
+    validation/ images and checkpoints/. Any other setting can be given as --name value (e.g. --snr-gamma 5,
+    --train-text-encoder false).
+
+    Args:
+        data: dataset folder written by `fsdx data build` (columns image and text).
+        base: the starting base (diffusers folder, .safetensors file or hub id), e.g. random weights with a
+            pretrained VAE; tiny is the embedded model's base.
+        out: output folder.
+        config: YAML file of settings (an earlier run's train_config.yaml).
+        epochs: passes over the train split.
+        max_steps: optimizer steps to train for (overrides epochs).
+        batch_size: samples per process per micro-batch.
+        lr: peak learning rate.
+        resolution: training side in pixels (square).
+        seed: seed of every random draw (same seed, same run).
+        mixed_precision: no, fp16 (CUDA only) or bf16.
+        checkpoint_every: save a resumable checkpoint every this many steps.
+        resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
+        cache_latents: encode the images once (to OUT/cache) instead of every epoch; much faster.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        overrides: any other setting by name, values as YAML scalars.
+    """
+    settings = resolve_config(
+        BaseTrainConfig, config, overrides, data=local_source(data), base=local_source(base), epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, seed=seed,
+        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_latents=cache_latents)
+    return train(BaseMethod, settings, Path(out), resume, num_processes)
+
+
+class BaseMethod(Method):
+    """Every UNet weight trainable, and the text encoder's unless train_text_encoder is off."""
+
+    stage = "base"
+
+    def __init__(self, base: Base, config: BaseTrainConfig) -> None:
+        super().__init__(base, config)
+        base.unet.requires_grad_(True)
+        base.text_encoder.requires_grad_(config.train_text_encoder)
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.base.unet] + ([self.base.text_encoder] if self.trains_text_encoder else [])
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.config.train_text_encoder
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.prepared[1] if self.trains_text_encoder else self.base.text_encoder
+
+    def predict(self, noisy, timesteps, text, batch):
+        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        return self.base.pipeline()  # prepared modules wrap the base's own (DDP), so this sees the trained weights
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.base.unet.enable_gradient_checkpointing()
+        if self.trains_text_encoder:
+            text_encoder = self.base.text_encoder
+            getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)()
+
+    def weights(self, out: Path) -> Path:
+        return out  # StableDiffusionPipeline.from_pretrained(OUT)
+
+    def save(self, out: Path, metadata: dict[str, str]) -> None:
+        # The base's own inference scheduler config is kept, so the folder samples as the starting base did.
+        self.base.pipeline().save_pretrained(out, safe_serialization=True)
+        for component in ("unet", "text_encoder"):
+            add_metadata(out / component / _weights_name(out / component), metadata)
+
+
+def _weights_name(folder: Path) -> str:
+    return next(path.name for path in sorted(folder.glob("*.safetensors")))
+
