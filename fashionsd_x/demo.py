@@ -1,75 +1,117 @@
-"""`fsdx demo`: the main job on the embedded default, end to end on a laptop CPU.
+"""`fsdx demo`: the main job on the embedded default: sketches and prompts in, garments and a contact sheet out.
 
-Until the embedded model ships, the demo runs the dataset stage on generated garments: synthetic
-catalogue -> sketch-augmented Hugging Face dataset -> a preview sheet of garments beside their sketches.
+The sketches and prompts ship with the model (fashionsd_x/embedded/demo): a t-shirt, a dress, trousers and a
+skirt, drawn by the synthetic-garment renderer from seeds no training stage used and sketched by the dataset
+stage's extractor, each asked for in several colours with the print of the model's new collection it shows.
 """
 
 from __future__ import annotations
 
+import json
+import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import load_from_disk
+import numpy as np
 from PIL import Image, ImageDraw
 
-from fashionsd_x.data.build import BuildResult, build_dataset
-from fashionsd_x.data.synth import synthesize
+from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.data.synth import render_garment, sample_spec
+from fashionsd_x.generate import GarmentGenerator
+from fashionsd_x.models.embedded import EMBEDDED_DIR
 
-PREVIEW_ITEMS = 8
+DEMO_SEED = 20240429  # the sketches' garments; the recipe's datasets use seeds 1 and 2
+# category -> (print of the sketched garment, prompts): the sketch shows the print as adaptive thresholding
+# draws it (as in the training sketches), the prompts ask for it in several colours, in the captions' words.
+DEMO_ITEMS = {
+    "t-shirt": ("dots", ("a red t-shirt with polka dots", "a blue dotted t-shirt", "a yellow t-shirt with dots")),
+    "dress": ("checks", ("a navy checked dress", "a pink dress with a check pattern", "a green checkered dress")),
+    "trousers": ("checks", ("black checked trousers", "beige trousers with checks", "grey checkered trousers")),
+    "skirt": ("dots", ("a purple skirt with polka dots", "an orange dotted skirt", "a white skirt with small dots")),
+}
+CELL = 192  # contact-sheet cell side in pixels
+CAPTION_LINES = 2
 
 
 @dataclass
 class DemoResult:
-    """Where the demo wrote its garments, dataset and preview."""
+    """What the demo wrote."""
 
-    garments: Path
-    dataset: BuildResult
-    preview: Path
+    sheet: Path  # the contact sheet: each sketch beside its garments, the prompt under each
+    images: list[Path]  # every generated garment (its PNG holds the parameters that reproduce it)
+    seconds: float  # wall time, model loading included
 
     def lines(self) -> list[str]:
-        rows = ", ".join(f"{split}: {n}" for split, n in self.dataset.report["num_rows"].items())
-        return [
-            f"synthetic garments: {self.garments}",
-            f"dataset ({rows}): {self.dataset.out}  -> datasets.load_from_disk({str(self.dataset.out)!r})",
-            f"build report: {self.dataset.out / 'build_report.json'}",
-            f"preview (garment | sketch): {self.preview}",
-        ]
+        return [f"generated {len(self.images)} garments from {len(DEMO_ITEMS)} sketches in {self.seconds:.1f} s "
+                f"({self.images[0].parent})", f"contact sheet: {self.sheet}"]
 
 
-def run_demo(out: Path = Path("outputs/demo"), num: int = 64, resolution: int = 256, seed: int = 0,
-             num_proc: int = 1) -> DemoResult:
-    """Run the pipeline's first stage end to end on generated garments and show the result.
+def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: int = 20, seed: int = 0,
+             guidance_scale: float = 7.5) -> DemoResult:
+    """Generate garments from the bundled sketches and prompts with the embedded model; write a contact sheet.
 
-    Writes OUT/garments (a folder source of synthetic garments with captions), OUT/dataset (the
-    sketch-augmented dataset, as `fsdx data build` writes it) and OUT/preview.png.
+    OUT/images/<garment>_<n>.png are the garments (parameters in each PNG's text chunks) and
+    OUT/contact_sheet.png shows each sketch beside its garments with the prompt under each.
 
     Args:
-        out: folder for everything the demo writes.
-        num: number of synthetic garments.
-        resolution: side in pixels of the dataset's square images.
-        seed: seed of the synthetic catalogue.
-        num_proc: worker processes for the dataset build.
+        out: output folder.
+        model: base model (default: the embedded tiny model with its LoRA and ControlNet).
+        steps: denoising steps per garment.
+        seed: seed of every garment.
+        guidance_scale: classifier-free guidance weight.
     """
-    out = Path(out)
-    garments = synthesize(out / "garments", num=num, seed=seed, size=resolution)
-    built = build_dataset("folder", garments, out / "dataset", resolution=resolution, num_proc=num_proc)
-    preview = write_preview(built.out, out / "preview.png")
-    return DemoResult(garments, built, preview)
+    started = time.monotonic()
+    items = read_demo_items()
+    generator = GarmentGenerator.load(model)
+    rows, paths = [], []
+    for name, sketch, prompts in items:
+        results = [generator(prompt, sketch=sketch, steps=steps, seed=seed, guidance_scale=guidance_scale)[0]
+                   for prompt in prompts]
+        paths += [result.save(Path(out) / "images" / f"{name}_{k}.png") for k, result in enumerate(results)]
+        rows.append((Image.open(sketch).convert("RGB"), [(result.image, prompt)
+                                                          for result, prompt in zip(results, prompts)]))
+    sheet = contact_sheet(rows, Path(out) / "contact_sheet.png")
+    return DemoResult(sheet, paths, time.monotonic() - started)
 
 
-def write_preview(dataset_dir: Path, path: Path, items: int = PREVIEW_ITEMS, cell: int = 160) -> Path:
-    """A sheet of the first train items: garment, its sketch, and the caption underneath."""
-    train = load_from_disk(str(dataset_dir))["train"]
-    rows = min(items, train.num_rows)
-    caption_height = 28
-    sheet = Image.new("RGB", (4 * cell, ((rows + 1) // 2) * (cell + caption_height)), "white")
+def read_demo_items(root: Path = EMBEDDED_DIR / "demo") -> list[tuple[str, Path, list[str]]]:
+    """(name, sketch path, prompts) of the bundled demo, from root/prompts.json."""
+    index = root / "prompts.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"the demo sketches are missing ({index}); reinstall FashionSD-X")
+    return [(item["name"], root / item["sketch"], item["prompts"])
+            for item in json.loads(index.read_text(encoding="utf-8"))]
+
+
+def write_demo_items(root: Path, resolution: int = 128, sketch: SketchConfig | None = None) -> Path:
+    """Render the demo garments, sketch them as the dataset stage does, and write root/prompts.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = []
+    for number, (category, (pattern, prompts)) in enumerate(DEMO_ITEMS.items()):
+        spec = sample_spec(np.random.default_rng([DEMO_SEED, number]), categories=[category], patterns=[pattern])
+        photo = render_garment(spec, size=resolution, seed=DEMO_SEED + number)
+        file_name = f"{category}.png"
+        extract_sketch(photo, sketch or SketchConfig()).save(root / file_name)
+        index.append({"name": category, "sketch": file_name, "prompts": list(prompts)})
+    (root / "prompts.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return root
+
+
+def contact_sheet(rows: list[tuple[Image.Image, list[tuple[Image.Image, str]]]], path: Path) -> Path:
+    """One row per sketch: the sketch, then its garments, each prompt written under its garment."""
+    columns = 1 + max(len(results) for _, results in rows)
+    caption = 14 * CAPTION_LINES + 8
+    sheet = Image.new("RGB", (columns * CELL, len(rows) * (CELL + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    for index in range(rows):
-        item = train[index]
-        x, y = (index % 2) * 2 * cell, (index // 2) * (cell + caption_height)
-        sheet.paste(item["image"].resize((cell, cell)), (x, y))
-        sheet.paste(item["sketch"].convert("RGB").resize((cell, cell)), (x + cell, y))
-        draw.text((x + 4, y + cell + 4), item["text"][:48], fill="black")
+    for row, (sketch, results) in enumerate(rows):
+        top = row * (CELL + caption)
+        cells = [(sketch, "sketch")] + results
+        for column, (image, text) in enumerate(cells):
+            sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.Resampling.LANCZOS), (column * CELL, top))
+            lines = textwrap.wrap(text, width=CELL // 6)[:CAPTION_LINES]
+            for number, line in enumerate(lines):
+                draw.text((column * CELL + 4, top + CELL + 3 + 14 * number), line, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path

@@ -82,8 +82,10 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     for extra in ("metrics.json", "README.md"):  # written by the evaluation and card steps when they ran
         if (root / extra).is_file():
             shutil.copy2(root / extra, staging / extra)
-    if (root / "demo").is_dir():
-        shutil.copytree(root / "demo", staging / "demo")
+    from fashionsd_x.demo import write_demo_items  # deferred: the demo imports generation, which imports this
+
+    recipe_config = json.loads((recipe / "recipe.json").read_text(encoding="utf-8"))["config"]
+    write_demo_items(staging / "demo", recipe_config["resolution"])
     embedded_model(staging)
     old = root.with_name(f".{root.name}.old")
     shutil.rmtree(old, ignore_errors=True)
