@@ -63,12 +63,21 @@ COMMANDS = (
     Command("evaluate", "fashionsd_x.evaluate.protocol:evaluate",
             "evaluate vanilla SD, LoRA and LoRA + ControlNet with the paper's metrics", (),
             "fashionsd_x.cli_show:evaluate"),
+    Command("studio", "fashionsd_x.apps.studio:serve_studio", "serve FashionSD-X Studio, the designers' web app",
+            (), "fashionsd_x.apps.studio:show"),
+    Command("study create", "fashionsd_x.apps.study.create:create_study",
+            "build a blind pairwise user study from an evaluation's images", (), "fashionsd_x.apps.study.create:show"),
+    Command("study serve", "fashionsd_x.apps.study.server:serve_study", "serve a user study to raters", ("db",),
+            "fashionsd_x.apps.study.server:show"),
+    Command("study analyze", "fashionsd_x.apps.study.analyze:analyze_study",
+            "win rates, confidence intervals, tests and agreement of a user study", ("db",),
+            "fashionsd_x.apps.study.analyze:show"),
     Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
             "fashionsd_x.cli_show:demo"),
 )
 
 # Options whose spelling on the command line differs from the parameter name.
-FLAG_NAMES = {"num": "--num", "sketch_method": "--sketch-method"}
+FLAG_NAMES = {"num": "--num", "sketch_method": "--sketch-method", "evaluation": "--from"}
 
 
 def _resolve(target: str) -> Callable[..., Any]:

@@ -6,7 +6,8 @@ Variants, as in the paper's comparison:
     fashionsd-x  base + LoRA + ControlNet, text and the garment's sketch
 Metrics per variant: FID and KID against the test photos, CLIP score against the captions, SSIM against
 the ground-truth garment, the paper's sketch MSE, and (beyond the paper) line precision/recall/F1; for
-datasets with synthetic attributes (a `color` column), silhouette IoU and colour accuracy. A metric whose
+datasets with synthetic attributes (`color` and `pattern` columns), silhouette IoU, colour accuracy and
+pattern accuracy (the print a reference classifier recognises is the one asked for). A metric whose
 weights cannot be loaded is reported unavailable with the reason; the others are still computed.
 """
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.evaluate import metrics as M
+from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.generate import GarmentGenerator, GenerationError, process_state, read_params
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
@@ -32,6 +34,7 @@ METRICS = {
     "fid": ("FID", False), "kid_mean": ("KID", False), "clip_score": ("CLIP score", True), "ssim": ("SSIM", True),
     "sketch_mse": ("Sketch MSE", False), "edge_precision": ("Edge P", True), "edge_recall": ("Edge R", True),
     "edge_f1": ("Edge F1", True), "silhouette_iou": ("Silhouette IoU", True), "color_accuracy": ("Colour acc.", True),
+    "pattern_accuracy": ("Pattern acc.", True),
 }
 PACKAGES = ("fashionsd-x", "diffusers", "transformers", "torch", "torchmetrics", "torch-fidelity", "peft")
 
@@ -216,6 +219,8 @@ def score_variants(rows: list[dict], generated: dict[str, list[Image.Image]], cl
         scores.update(_sketch_scores(images, sketches))
         if "color" in rows[0]:
             scores.update(_attribute_scores(images, sketches, [row["color"] for row in rows]))
+        if "pattern" in rows[0]:
+            scores["pattern_accuracy"] = pattern_accuracy(images, [row["pattern"] for row in rows])
     return table, unavailable
 
 

@@ -43,6 +43,7 @@ class VaeTrainConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 64)  # one block per entry; len-1 halvings (4x at 3 blocks)
     layers_per_block: int = 1  # resnet layers per encoder block (the decoder gets one more, as in diffusers)
     latent_channels: int = 4  # SD-compatible latent depth: a 128 px image becomes 4 x 32 x 32
+    channels_per_group: int = 4  # GroupNorm group width (see norm_groups)
     crop: int | None = None  # train on random crops of this side (the VAE is convolutional: 4x cheaper at half)
     batch_size: int = 16  # images per step
     lr: float = 2e-4  # AdamW learning rate, constant
@@ -63,9 +64,13 @@ class VaeTrainConfig:
         if self.crop is not None and not (0 < self.crop <= self.resolution and self.crop % self.downsampling == 0):
             raise ValueError(f"crop={self.crop} must be at most resolution={self.resolution} and a multiple of "
                              f"the VAE's downsampling {self.downsampling}")
-        for name in ("resolution", "layers_per_block", "latent_channels", "batch_size", "max_steps"):
+        for name in ("resolution", "layers_per_block", "latent_channels", "channels_per_group", "batch_size",
+                     "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if min(self.block_out_channels) % self.channels_per_group:
+            raise ValueError(f"channels_per_group={self.channels_per_group} must divide every block width "
+                             f"{self.block_out_channels}")
         if not self.lr > 0 or self.kl_weight < 0:
             raise ValueError(f"lr={self.lr} must be positive and kl_weight={self.kl_weight} non-negative")
         for name in ("checkpoint_every", "keep_checkpoints"):
@@ -78,8 +83,10 @@ class VaeTrainConfig:
 
     @property
     def norm_groups(self) -> int:
-        # GroupNorm needs every block's channels divisible by the group count; 32 (SD's) when they allow it.
-        return math.gcd(32, *self.block_out_channels)
+        # A group of one channel is an instance norm: it erases each channel's mean over the image, which is the
+        # garment's colour in a crop that shows only cloth (colours came out grey after 1,750 steps). SD's VAE
+        # has 4-16 channels per group; every block's width must be divisible by the group count.
+        return math.gcd(32, *self.block_out_channels, min(self.block_out_channels) // self.channels_per_group)
 
 
 def build_vae(config: VaeTrainConfig) -> AutoencoderKL:
@@ -166,7 +173,7 @@ def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimi
         raise CheckpointError(f"{checkpoint} is a {state.get('stage')} checkpoint, not a VAE pretraining one")
     saved = VaeTrainConfig(**{**state["config"], "block_out_channels": tuple(state["config"]["block_out_channels"])})
     changed = [name for name in ("resolution", "block_out_channels", "layers_per_block", "latent_channels",
-                                 "batch_size", "seed", "random_flip", "crop") if getattr(saved, name) != getattr(config, name)]
+                                 "batch_size", "seed", "random_flip", "crop", "channels_per_group") if getattr(saved, name) != getattr(config, name)]
     if changed:
         raise CheckpointError(f"cannot resume from {checkpoint}: {', '.join(changed)} differ from this run's; "
                               "use the same settings or start in a new OUT")

@@ -48,11 +48,12 @@ class RecipeConfig:
     catalogue: DataSpec = DataSpec(8000, 1, ("solid", "stripes"))  # what the base learns from
     collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"))  # the "new collection" of the LoRA and ControlNet
     vae: VaeTrainConfig = VaeTrainConfig(resolution=128, block_out_channels=(16, 32, 64), crop=64, batch_size=16,
-                                         lr=5e-4, max_steps=4000, checkpoint_every=250)
+                                         lr=5e-4, max_steps=3000, checkpoint_every=250)
     # UNet levels at 32, 16 and 8 latent pixels; cross-attention only at 8 (and the middle block): attention at
     # 32 x 32 would cost more than the rest of the UNet.
     model: TinyConfig = TinyConfig(sample_size=128, unet_channels=(32, 64, 128), vae_channels=(16, 32, 64),
-                                   text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,))
+                                   text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,),
+                                   norm_groups=8)
     base_settings: dict[str, Any] = field(default_factory=lambda: {
         "max_steps": 4000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
         "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,

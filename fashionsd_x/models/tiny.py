@@ -32,6 +32,8 @@ class TinyConfig:
     attention_levels: tuple[int, ...] | None = None  # UNet levels (0: full latent size) with cross-attention;
     # None: every level but the coarsest, as in SD. Attention at fine levels dominates a small UNet's cost.
     prediction_type: str = "epsilon"  # or "v_prediction" (SD 2.x 768-v style)
+    norm_groups: int | None = None  # UNet GroupNorm groups; None: min(32, first width). Keep several channels
+    # per group: one channel per group normalises away each channel's mean, the colour of a uniform region.
 
     def __post_init__(self) -> None:
         if len(self.unet_channels) < 2 or len(self.vae_channels) < 1:
@@ -58,7 +60,7 @@ def tiny_unet(config: TinyConfig) -> UNet2DConditionModel:
         up_block_types=tuple(kind.replace("Down", "Up") for kind in reversed(down)),
         cross_attention_dim=config.text_hidden,
         attention_head_dim=config.attention_head_dim,
-        norm_num_groups=min(32, config.unet_channels[0]),
+        norm_num_groups=config.norm_groups or min(32, config.unet_channels[0]),
     )
 
 

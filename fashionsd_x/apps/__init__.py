@@ -1,0 +1,1 @@
+"""The apps: FashionSD-X Studio (designers) and the user study (researchers)."""

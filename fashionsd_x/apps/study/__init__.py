@@ -1,0 +1,1 @@
+"""The user study: pairwise blind comparisons built from an evaluation, served to raters, analysed."""
