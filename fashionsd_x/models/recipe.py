@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.pretrain_vae import REPORT_NAME as VAE_REPORT
 from fashionsd_x.models.pretrain_vae import VaeTrainConfig
 from fashionsd_x.models.tiny import TinyConfig
 
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
+STAGES = ("data", "vae", "base", "lora", "controlnet", "evaluate")  # in the order they run
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class RecipeConfig:
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20})
     seed: int = 0  # weights and every random draw of the training stages
+    eval_items: int = 200  # held-out new-collection garments the final evaluation generates per variant
 
 
 def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
@@ -99,32 +102,37 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
     Stages (each skipped when finished, continued from its newest checkpoint when interrupted): synthetic
     catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
     catalogue; LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
-    (`fsdx train controlnet --lora`). OUT/recipe.json records each stage's data size, steps, time and hardware.
+    (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection
+    garments. OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation.
     Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
 
     Args:
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
         ship: copy the finished model into the package (fashionsd_x/embedded), making it the default.
-        stop_after: stop after this stage (data, vae, base, lora or controlnet).
+        stop_after: stop after this stage (data, vae, base, lora, controlnet or evaluate).
     """
-    out, config = Path(out), RecipeConfig()
-    stages = ("data", "vae", "base", "lora", "controlnet")
-    if stop_after is not None and stop_after not in stages:
-        raise ValueError(f"stop_after must be one of {', '.join(stages)}, got {stop_after!r}")
+    return run_recipe(RecipeConfig(), Path(out), ship_to=EMBEDDED_DIR if ship else None, stop_after=stop_after)
+
+
+def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, stop_after: str | None = None) -> Path:
+    """train_tiny with any RecipeConfig (tests run a miniature one); ships to `ship_to` when given."""
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     record = _read_record(out)
     record["config"] = _jsonable(asdict(config))
-    for stage in stages:
-        runner = {"data": _data, "vae": _vae, "base": _base, "lora": _lora, "controlnet": _controlnet}[stage]
+    runners = {"data": _data, "vae": _vae, "base": _base, "lora": _lora, "controlnet": _controlnet,
+               "evaluate": _evaluate}
+    for stage in STAGES:
         started = time.monotonic()
-        figures = runner(out, config)
+        figures = runners[stage](out, config)
         record.setdefault("stages", {})[stage] = {**figures, "wall_seconds_this_run": round(time.monotonic() - started, 1)}
         _write_record(out, record)
         if stage == stop_after:
             return out
-    if ship:
+    if ship_to is not None:
         from fashionsd_x.models.embedded import ship_model
 
-        ship_model(out)
+        ship_model(out, ship_to)
     return out
 
 
@@ -180,6 +188,19 @@ def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
     return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], lambda: train_controlnet(
         out / "collection_data", str(out / "base"), out / "controlnet", lora=out / "lora", resume="latest",
         overrides=_overrides(config.controlnet_settings, config)))
+
+
+def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    """The paper's comparison (vanilla, LoRA, LoRA + ControlNet) on the new collection's test split."""
+    from fashionsd_x.evaluate.protocol import evaluate
+
+    metrics = out / "eval" / "metrics.json"
+    trained = out / "controlnet" / RESULT_NAME
+    if not metrics.is_file() or metrics.stat().st_mtime < trained.stat().st_mtime:
+        evaluate(out / "collection_data", str(out / "base"), out / "eval", lora=out / "lora",
+                 controlnet=out / "controlnet", limit=config.eval_items)
+    result = json.loads(metrics.read_text(encoding="utf-8"))
+    return {"items": result["num_items"], "split": result["split"], "variants": result["variants"]}
 
 
 def _train_stage(folder: Path, steps: int, run: Any) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""`fsdx train tiny`'s recipe end to end in miniature (32 px, a few steps a stage): every stage runs, a second
+run skips what is finished, and the shipped folder is a model the standard diffusers calls load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from fashionsd_x.models.embedded import embedded_model, size_mb
+from fashionsd_x.models.pretrain_vae import VaeTrainConfig
+from fashionsd_x.models.recipe import STAGES, DataSpec, RecipeConfig, run_recipe
+from fashionsd_x.models.tiny import TinyConfig
+
+FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_images": 0, "checkpoint_every": 1,
+       "keep_checkpoints": 1}
+MINIATURE = RecipeConfig(
+    resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("dots", "checks")),
+    vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), batch_size=4, max_steps=2, checkpoint_every=1),
+    model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
+    base_settings=dict(FEW), lora_settings={**FEW, "rank": 2}, controlnet_settings=dict(FEW), eval_items=2)
+
+
+@pytest.fixture(autouse=True)
+def single_thread(one_thread) -> None:
+    """Torch on one thread (see tests/conftest.py)."""
+
+
+def _mtime(folder: Path) -> float:
+    return next((folder / "unet").glob("*.safetensors")).stat().st_mtime
+
+
+def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_path):
+    out, shipped = tmp_path / "recipe", tmp_path / "embedded"
+    run_recipe(MINIATURE, out, stop_after="base")
+    record = json.loads((out / "recipe.json").read_text())
+    assert list(record["stages"]) == ["data", "vae", "base"] and not (out / "lora").exists()
+    base_written = _mtime(out / "base")
+
+    run_recipe(MINIATURE, out, ship_to=shipped)
+    record = json.loads((out / "recipe.json").read_text())
+    assert list(record["stages"]) == list(STAGES)
+    assert _mtime(out / "base") == base_written  # finished stages are not trained again
+    assert record["stages"]["base"]["steps"] == 2 and record["stages"]["controlnet"]["steps"] == 2
+    assert set(record["stages"]["evaluate"]["variants"]) == {"vanilla", "lora", "fashionsd-x"}
+
+    parts = embedded_model(shipped)
+    pipe = StableDiffusionPipeline.from_pretrained(parts.base, safety_checker=None)
+    pipe.load_lora_weights(parts.lora)
+    assert 0 < size_mb(shipped) < 20  # a 32 px model: mostly the 49408-token embedding and the tokenizer
+    card = (shipped / "README.md").read_text()
+    assert "## Recipe" in card and "## Evaluation" in card
+    assert json.loads((shipped / "demo" / "prompts.json").read_text())
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="stop_after must be one of"):
+        run_recipe(MINIATURE, tmp_path, stop_after="everything")
