@@ -126,7 +126,11 @@ class LoraMethod(Method):
         unet_state = get_peft_model_state_dict(self.base.unet)
         text_state = get_peft_model_state_dict(self.base.text_encoder) if self.text_lora else {}
         StableDiffusionPipeline.save_lora_weights(
-            out, unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
+            # The UNet's adapters stay in PEFT naming (lora_A/lora_B), which diffusers loads natively:
+            # convert_state_dict_to_diffusers renames only attention projections (to_q.lora.down, ...), so with
+            # --target-modules beyond attention (conv1, ff.net.2, ...) the file would mix two namings and
+            # load_lora_weights would silently skip the attention half.
+            out, unet_lora_layers=unet_state,
             text_encoder_lora_layers=convert_state_dict_to_diffusers(text_state) if text_state else None,
             # The adapter configs travel in the file so loaders use this run's alpha, not alpha = rank.
             unet_lora_adapter_metadata=self.unet_lora.to_dict(),

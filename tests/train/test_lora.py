@@ -118,3 +118,18 @@ def test_loss_target_is_the_schedulers_prediction_type(kind, tiny_base):
     plain = diffusion_loss(other[:1], latents[:1], noise[:1], timesteps[:1], scheduler, None)
     weighted = diffusion_loss(other[:1], latents[:1], noise[:1], timesteps[:1], scheduler, 5.0)
     assert weighted.item() < plain.item()
+
+
+def test_adapters_beyond_attention_all_load_back(garments, tiny_base, tmp_path):
+    """Convolutions and feed-forward layers too: every adapter in the file must reach the UNet on loading."""
+    out = tmp_path / "out"
+    targets = "to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2"
+    train_lora(garments, str(tiny_base), out, max_steps=1, batch_size=2, resolution=32,
+               overrides={"target_modules": targets, "num_validation_images": "0", "checkpoint_every": "null"})
+    with safe_open(str(out / LORA_WEIGHTS), framework="pt") as handle:
+        in_file = {key.removeprefix("unet.").split(".lora_A")[0] for key in handle.keys() if ".lora_A" in key}
+    pipeline = load_base(tiny_base).pipeline()
+    pipeline.load_lora_weights(out)
+    loaded = {name.split(".lora_A")[0] for name, _ in pipeline.unet.named_parameters() if ".lora_A" in name}
+    assert any("conv1" in name for name in in_file) and any("to_q" in name for name in in_file)
+    assert in_file == loaded
