@@ -145,14 +145,15 @@ def _step_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: VaeTrainConfig,
 
 
 def _save_checkpoint(root: Path, step: int, config: VaeTrainConfig, vae: AutoencoderKL,
-                     optimizer: torch.optim.Optimizer) -> Path:
+                     optimizer: torch.optim.Optimizer, seconds: float = 0.0) -> Path:
     """checkpoint-<step> written atomically (temp folder, fsync, COMPLETE marker, rename), then pruned."""
     final, temporary = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)  # left by a run killed mid-save
     temporary.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, temporary / WEIGHTS_NAME)
     save_optimizer(optimizer.state_dict(), temporary)
-    (temporary / STATE_NAME).write_text(json.dumps({"step": step, "stage": "vae", "config": asdict(config)}))
+    state = {"step": step, "stage": "vae", "config": asdict(config), "seconds": round(seconds, 1)}
+    (temporary / STATE_NAME).write_text(json.dumps(state))
     for path in temporary.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -166,8 +167,9 @@ def _save_checkpoint(root: Path, step: int, config: VaeTrainConfig, vae: Autoenc
 
 
 def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> int:
-    """Load weights and optimizer from `checkpoint`; returns its step. Refuses another architecture or seed."""
+            device: torch.device) -> tuple[int, float]:
+    """Load weights and optimizer from `checkpoint`; returns its step and the training seconds before it.
+    Refuses another architecture or seed."""
     state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
     if state.get("stage") != "vae":
         raise CheckpointError(f"{checkpoint} is a {state.get('stage')} checkpoint, not a VAE pretraining one")
@@ -179,7 +181,7 @@ def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimi
                               "use the same settings or start in a new OUT")
     vae.load_state_dict(load_file(checkpoint / WEIGHTS_NAME, device=str(device)))
     optimizer.load_state_dict(load_optimizer(checkpoint, device))
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 @torch.no_grad()
@@ -239,7 +241,7 @@ def train_vae(config: VaeTrainConfig, data: Path, out: Path, resume: str | None 
     vae = build_vae(config).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
     checkpoint = find_checkpoint(out / "checkpoints", resume) if resume else None
-    start = _resume(checkpoint, config, vae, optimizer, device) if checkpoint else 0
+    start, seconds_before = _resume(checkpoint, config, vae, optimizer, device) if checkpoint else (0, 0.0)
     # 3. The loop: one batch, one step, a checkpoint every N steps.
     started, loss = time.monotonic(), float("nan")
     vae.train()
@@ -252,12 +254,13 @@ def train_vae(config: VaeTrainConfig, data: Path, out: Path, resume: str | None 
         total.backward()
         optimizer.step()
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_checkpoint(out / "checkpoints", step + 1, config, vae, optimizer)
+            _save_checkpoint(out / "checkpoints", step + 1, config, vae, optimizer,
+                             seconds_before + time.monotonic() - started)
     # 4. The VAE as a diffusers folder, with the report beside it.
     vae.register_to_config(scaling_factor=_scaling_factor(vae, pixels, device))
     vae.save_pretrained(out / "vae", safe_serialization=True)
     report = {"config": asdict(config), "start_step": start, "steps": config.max_steps,
-              "seconds": round(time.monotonic() - started, 2), "final_l1": loss,
+              "seconds": round(seconds_before + time.monotonic() - started, 2), "final_l1": loss,
               "scaling_factor": vae.config.scaling_factor, "hardware": _hardware(device)}
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return out / "vae"

@@ -50,29 +50,29 @@ class RecipeConfig:
     catalogue: DataSpec = DataSpec(8000, 1, ("solid", "stripes"))  # what the base learns from
     collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"))  # the "new collection" of the LoRA and ControlNet
     vae: VaeTrainConfig = VaeTrainConfig(resolution=128, block_out_channels=(16, 32, 64), crop=64, batch_size=16,
-                                         lr=5e-4, max_steps=3000, checkpoint_every=250)
+                                         lr=5e-4, max_steps=2000, checkpoint_every=250)
     # UNet levels at 32, 16 and 8 latent pixels; cross-attention only at 8 (and the middle block): attention at
     # 32 x 32 would cost more than the rest of the UNet.
     model: TinyConfig = TinyConfig(sample_size=128, unet_channels=(32, 64, 128), vae_channels=(16, 32, 64),
                                    text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,),
                                    norm_groups=8)
     base_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 4000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
+        "max_steps": 2500, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
         "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,
         "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 1500, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "random_flip": True,
+        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "random_flip": True,
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
                                                    "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
     controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 3000, "batch_size": 16, "lr": 1e-4, "snr_gamma": 5.0, "random_flip": True,
+        "max_steps": 2000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20})
     seed: int = 0  # weights and every random draw of the training stages
-    eval_items: int = 200  # held-out new-collection garments the final evaluation generates per variant
+    eval_items: int = 150  # held-out new-collection garments the final evaluation generates per variant
 
 
 def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:

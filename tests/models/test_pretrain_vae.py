@@ -89,7 +89,7 @@ def test_a_folder_that_is_not_a_dataset_is_a_one_line_value_error(tmp_path):
 def test_pretrain_vae_trains_the_default_architecture(garments, tmp_path):
     vae_dir = pretrain_vae(garments, tmp_path, max_steps=1, batch_size=2, resolution=32, checkpoint_every=1)
     config = AutoencoderKL.from_pretrained(vae_dir).config
-    assert config.block_out_channels == [32, 64, 128] and config.sample_size == 32
+    assert config.block_out_channels == [16, 32, 64] and config.sample_size == 32
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1"]
 
 
@@ -98,4 +98,9 @@ def test_config_rejects_contradictions():
         VaeTrainConfig(resolution=30, block_out_channels=(8, 16, 32))
     with pytest.raises(ValueError, match="checkpoint_every=0"):
         VaeTrainConfig(checkpoint_every=0)
-    assert VaeTrainConfig().norm_groups == 32 and TINY.norm_groups == 8
+    with pytest.raises(ValueError, match="channels_per_group=3 must divide"):
+        VaeTrainConfig(channels_per_group=3)
+    with pytest.raises(ValueError, match="crop=48 must be"):
+        VaeTrainConfig(resolution=64, crop=48, block_out_channels=(8, 16, 32, 32, 32, 32))
+    # Groups of channels_per_group (4) channels: a one-channel group would erase each channel's mean (the colour).
+    assert VaeTrainConfig().norm_groups == 4 and VaeTrainConfig(block_out_channels=(32, 64, 128)).norm_groups == 8

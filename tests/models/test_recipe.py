@@ -18,7 +18,8 @@ FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_i
        "keep_checkpoints": 1}
 MINIATURE = RecipeConfig(
     resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("dots", "checks")),
-    vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), batch_size=4, max_steps=2, checkpoint_every=1),
+    vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), crop=16, batch_size=4, max_steps=2,
+                       checkpoint_every=1),
     model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
     base_settings=dict(FEW), controlnet_settings=dict(FEW), eval_items=2,
     lora_settings={**FEW, "rank": 2, "target_modules": RecipeConfig().lora_settings["target_modules"]})
