@@ -156,7 +156,7 @@ def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | No
                 "lora": _str(lora) if variant != "vanilla" else None,
                 "controlnet": _str(controlnet) if variant == "fashionsd-x" else None}
     todo = [(i, row) for i, row in enumerate(rows)
-            if not _reusable(folder / f"{_safe(row['id'])}.png", {**expected, "seed": settings.seed + i})]
+            if not _reusable(folder / f"{image_stem(row['id'])}.png", {**expected, "seed": settings.seed + i})]
     with state.split_between_processes(todo) as mine:
         if mine:
             generator = GarmentGenerator.load(model, lora=lora if variant != "vanilla" else None,
@@ -166,9 +166,9 @@ def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | No
                                    steps=settings.steps, seed=settings.seed + index,
                                    guidance_scale=settings.guidance_scale, controlnet_scale=settings.controlnet_scale,
                                    scheduler=settings.scheduler, resolution=_resolution(generator, row))[0]
-                result.save(folder / f"{_safe(row['id'])}.png")
+                result.save(folder / f"{image_stem(row['id'])}.png")
     state.wait_for_everyone()
-    return [Image.open(folder / f"{_safe(row['id'])}.png").convert("RGB") for row in rows]
+    return [Image.open(folder / f"{image_stem(row['id'])}.png").convert("RGB") for row in rows]
 
 
 def _resolution(generator: GarmentGenerator, row: dict) -> int:
@@ -250,7 +250,8 @@ def _try(load: Callable[[], Any], metric: str, unavailable: dict[str, str]) -> A
         return None
 
 
-def _safe(garment_id: str) -> str:
+def image_stem(garment_id: str) -> str:
+    """The file stem of a garment's image in OUT/images/<variant>/: its id with unsafe characters replaced."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in garment_id)
 
 

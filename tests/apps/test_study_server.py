@@ -1,0 +1,231 @@
+"""`fsdx study serve` over real HTTP: input validation, idempotent answers, and 20 raters through a server crash."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from PIL import Image
+
+from fashionsd_x.apps.study.create import create_study
+from tests.apps.test_study_create import make_evaluation
+
+CRITERIA = ("realism", "sketch", "text")
+PER_RATER = 4
+
+
+def call(base: str, path: str, body: Any = None, raw: bytes | None = None, timeout: float = 10) -> tuple[int, Any]:
+    """(status, decoded JSON or bytes) of one request; POST when a body is given."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, payload, kind = response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        status, payload, kind = error.code, error.read(), error.headers.get_content_type()
+    return status, json.loads(payload) if kind == "application/json" else payload
+
+
+def free_port() -> int:
+    with closing(socket.create_server(("127.0.0.1", 0))) as probe:
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running(study: Path) -> Iterator[str]:
+    """The real app on uvicorn in a thread of this process; yields its base URL."""
+    import uvicorn
+
+    from fashionsd_x.apps.study.server import create_app
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(study), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+def serve_process(study: Path, port: int) -> subprocess.Popen:
+    """`fsdx study serve` as a user starts it, once it answers."""
+    command = [sys.executable, "-m", "fashionsd_x", "study", "serve", str(study), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {process.stderr.read().decode()}")
+        try:
+            if call(f"http://127.0.0.1:{port}", "/api/study", timeout=1)[0] == 200:
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("the server did not answer within 60 s")
+
+
+def rows(study: Path) -> list[tuple[str, int, str, str]]:
+    with closing(sqlite3.connect(study)) as connection:
+        return connection.execute("SELECT r.code, a.comparison, a.criterion, a.choice FROM answers a "
+                                  "JOIN raters r ON r.id = a.rater").fetchall()
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_evaluation(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture
+def study(evaluation: Path, tmp_path: Path) -> Path:
+    return create_study(evaluation, tmp_path / "study.db", per_rater=PER_RATER).out
+
+
+def test_every_bad_input_is_a_4xx_json_line(study: Path):
+    with running(study) as base:
+        status, state = call(base, "/api/session", {"code": "designer-07"})
+        assert status == 200 and (state["done"], state["total"]) == (0, PER_RATER)
+        assert call(base, "/api/session", {"code": "Designer-07"})[1] == state  # codes ignore case
+        mine = state["task"]["comparison"]
+        with closing(sqlite3.connect(study)) as connection:
+            other = connection.execute("SELECT id FROM comparisons WHERE id NOT IN (SELECT comparison FROM "
+                                       "assignments)").fetchone()[0]
+        good = {"code": "designer-07", "comparison": mine, "criterion": "realism", "choice": "left"}
+        bad = [("/api/session", {"code": "a b"}, 422, "rater code"),
+               ("/api/session", {"code": "x" * 33}, 422, "1 to 32"),
+               ("/api/session", {"code": 7}, 422, "code"), ("/api/session", {}, 422, "code"),
+               ("/api/answers", {**good, "code": "nobody"}, 404, "no rater"),
+               ("/api/answers", {**good, "comparison": other}, 404, "not in this rater's queue"),
+               ("/api/answers", {**good, "comparison": 10**6}, 404, "not in this rater's queue"),
+               ("/api/answers", {**good, "comparison": "one"}, 422, "comparison"),
+               ("/api/answers", {**good, "criterion": "beauty"}, 422, "criterion"),
+               ("/api/answers", {**good, "choice": "both"}, 422, "choice"),
+               ("/images/999999", None, 404, "no image"), ("/images/x", None, 422, "image_id"),
+               ("/nowhere", None, 404, "Not Found")]
+        for path, body, expected, fragment in bad:
+            status, reply = call(base, path, body)
+            assert (status, list(reply)) == (expected, ["error"]), (path, body, reply)
+            assert fragment in reply["error"] and "\n" not in reply["error"] and "Traceback" not in reply["error"]
+        assert call(base, "/api/session", raw=b"{not json")[0] == 422
+        assert rows(study) == []
+
+
+def test_a_repeated_answer_is_stored_once(study: Path):
+    with running(study) as base:
+        task = call(base, "/api/session", {"code": "ann"})[1]["task"]
+        answer = {"code": "ann", "comparison": task["comparison"], "criterion": "sketch", "choice": "right"}
+        first, again = call(base, "/api/answers", answer), call(base, "/api/answers", answer)
+        assert (first[0], first[1]["recorded"], again[0], again[1]["recorded"]) == (200, True, 200, False)
+        status, reply = call(base, "/api/answers", {**answer, "choice": "left"})
+        assert status == 409 and "first answer stands" in reply["error"]
+        assert again[1]["progress"]["task"]["answered"] == {"sketch": "right"}
+    assert rows(study) == [("ann", task["comparison"], "sketch", "right")]
+
+
+def test_the_page_and_images_stay_blind_and_local(study: Path):
+    with running(study) as base:
+        with urllib.request.urlopen(base + "/") as response:
+            page = response.read().decode()
+            policy = response.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+        assert "http://" not in page and "https://" not in page  # nothing to load from elsewhere
+        state = call(base, "/api/session", {"code": "ann"})[1]
+        assert not any(name in json.dumps(state) for name in ("vanilla", "lora", "fashionsd-x"))
+        for key in ("sketch", "left", "right"):
+            status, png = call(base, state["task"][key])
+            assert status == 200 and not Image.open(io.BytesIO(png)).text  # no parameters naming the variant
+
+
+def test_serve_refuses_a_taken_port_and_a_foreign_file(study: Path, tmp_path: Path):
+    serve = [sys.executable, "-m", "fashionsd_x", "study", "serve"]
+    with closing(socket.create_server(("127.0.0.1", 0))) as taken:
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run([*serve, str(study), "--port", port], capture_output=True, text=True, timeout=60)
+    (tmp_path / "notes.db").write_text("not a database")
+    foreign = subprocess.run([*serve, str(tmp_path / "notes.db")], capture_output=True, text=True, timeout=60)
+    for result, fragment in ((busy, "cannot listen on 127.0.0.1:" + port), (foreign, "is not a study")):
+        assert result.returncode == 2 and fragment in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def choice_for(code: str, comparison: int, criterion: str) -> str:
+    return ("left", "right", "tie")[zlib.crc32(f"{code}/{comparison}/{criterion}".encode()) % 3]
+
+
+def post_until_answered(base: str, path: str, body: dict, deadline: float) -> dict:
+    """POST, retrying while the server is down (the client's part of surviving a restart)."""
+    while True:
+        try:
+            status, reply = call(base, path, body, timeout=10)
+        except (OSError, http.client.HTTPException):  # refused, reset or cut short: the server is restarting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        assert status == 200, reply
+        return reply
+
+
+def test_twenty_raters_through_a_server_crash(study: Path):
+    port = free_port()
+    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    acknowledged: list[tuple[str, int, str, str]] = []
+    failures: list[BaseException] = []
+
+    def rate(code: str) -> None:
+        try:
+            progress = post_until_answered(base, "/api/session", {"code": code}, deadline)
+            while progress["task"] is not None:
+                task = progress["task"]
+                criterion = next(name for name in CRITERIA if name not in task["answered"])
+                answer = (code, task["comparison"], criterion, choice_for(code, task["comparison"], criterion))
+                body = dict(zip(("code", "comparison", "criterion", "choice"), answer))
+                progress = post_until_answered(base, "/api/answers", body, deadline)["progress"]
+                acknowledged.append(answer)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            failures.append(error)
+
+    server = serve_process(study, port)
+    raters = [threading.Thread(target=rate, args=(f"rater-{index:02d}",)) for index in range(20)]
+    for thread in raters:
+        thread.start()
+    total = 20 * PER_RATER * len(CRITERIA)
+    while len(acknowledged) < total // 3 and not failures and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.kill()  # SIGKILL: a crash, not a clean shutdown
+    server.wait()
+    before_crash = list(acknowledged)
+    assert set(before_crash) <= set(rows(study))  # every acknowledged answer was already committed
+    server = serve_process(study, port)
+    try:
+        for thread in raters:
+            thread.join(60)
+        assert not failures, failures[0]
+        stored = rows(study)
+        assert len(before_crash) < total and len(acknowledged) == total
+        assert sorted(stored) == sorted(acknowledged)  # all answers, none twice, as given
+        replay = [dict(zip(("code", "comparison", "criterion", "choice"), answer)) for answer in before_crash[:10]]
+        assert not any(call(base, "/api/answers", body)[1]["recorded"] for body in replay)
+        assert len(rows(study)) == total
+    finally:
+        server.terminate()
+        server.wait(10)
