@@ -1,0 +1,97 @@
+"""`fsdx studio`: load the generator once and serve the studio page until Ctrl-C.
+
+Imports stay light here (gradio, torch and the page are imported inside the functions): the CLI imports this
+module to build `fsdx studio --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOGGER = logging.getLogger(__name__)
+MAX_FILE_SIZE = "10mb"  # largest upload Gradio accepts; load_image also refuses over MAX_UPLOAD_PIXELS
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class StudioError(ValueError):
+    """The studio cannot start (port taken, bad address); one line."""
+
+
+@dataclass(frozen=True)
+class StudioRun:
+    """How a studio session ended."""
+
+    url: str  # where it was served
+    images: int  # garments generated while it ran (their temporary folder is deleted on exit)
+
+
+def serve_studio(
+    model: str | None = None,
+    lora: Path | None = None,
+    controlnet: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+) -> StudioRun:
+    """Serve FashionSD-X Studio, a web page for designers: sketch + text in, garments out. Ctrl-C stops it.
+
+    Draw a sketch, upload one, or upload a garment photo and tune its extracted sketch live; write a prompt;
+    set the number of images, steps, guidance, sketch and LoRA strength and the seed; generate. Each garment
+    can be downloaded as a PNG carrying every parameter that reproduces it, and a click on a row of the
+    session's history puts its settings back. Generated files live in a temporary folder deleted when the
+    studio stops: download the ones to keep. The page has no login: it listens on this machine only unless
+    --host says otherwise.
+
+    Args:
+        model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
+            with its own LoRA and ControlNet unless --lora/--controlnet are given.
+        lora: LoRA folder (pytorch_lora_weights.safetensors) from `fsdx train lora`.
+        controlnet: ControlNet folder from `fsdx train controlnet`; without one, garments come from the prompt
+            alone.
+        host: address to listen on; 0.0.0.0 opens the studio to the whole network.
+        port: port to listen on.
+    """
+    from fashionsd_x.apps.studio.actions import generated_files
+    from fashionsd_x.apps.studio.ui import build_app
+    from fashionsd_x.generate import GarmentGenerator
+
+    check_port(host, port)  # before loading the model, which can take a while
+    if host not in LOCAL_HOSTS:
+        LOGGER.warning("the studio listens on %s: anyone who can reach this machine can use it", host)
+    generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet)
+    with tempfile.TemporaryDirectory(prefix="fsdx-studio-") as folder:
+        out = Path(folder)
+        demo = build_app(generator, out)
+        demo.queue().launch(**launch_options(out, host, port))  # blocks until Ctrl-C
+        return StudioRun(f"http://{host}:{port}", len(generated_files(out)))
+
+
+def launch_options(out: Path, host: str, port: int) -> dict[str, Any]:
+    """Keyword arguments of `Blocks.launch` for a studio writing under `out`."""
+    return dict(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, allowed_paths=[str(out)],
+                ssr_mode=False, show_error=False)
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise StudioError when `port` on `host` cannot be listened on (taken, or not an address of this machine)."""
+    if not 1 <= port <= 65535:
+        raise StudioError(f"port must be between 1 and 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no clash
+            probe.bind((host, port))
+    except OSError as error:
+        reason = " ".join(str(error).split())
+        raise StudioError(f"cannot listen on {host}:{port} ({reason}): choose another --port or --host") from None
+
+
+def show(result: StudioRun) -> int:
+    """Print how the studio session ended; exit code 0."""
+    print(f"studio at {result.url} stopped; {result.images} garment(s) generated "
+          "(their temporary folder is deleted: downloads are kept)")
+    return 0

@@ -1,0 +1,196 @@
+"""The studio page: sketch tabs and settings on top, the gallery and PNG downloads below, then the history.
+
+Only layout and wiring live here; what each control does is in actions.py. A user's mistake becomes a warning
+toast (and, for Generate, a line under the button), never a traceback; per-session state (the sketch source,
+the history) is held in gr.State, so two designers on one studio never see each other's work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import gradio as gr
+from PIL import Image
+
+from fashionsd_x.apps.studio.actions import (HISTORY_HEADERS, MAX_IMAGES, MAX_SEED, MAX_STEPS, HistoryEntry,
+                                             Settings, SketchSettings, control_values, extract, history_rows,
+                                             load_upload, pick_sketch, reuse, run_generation)
+from fashionsd_x.data.images import IMAGE_EXTENSIONS
+from fashionsd_x.data.sketch import SKETCH_METHODS
+from fashionsd_x.generate import SCHEDULERS, GarmentGenerator, read_params
+
+TAB_LABELS = {"draw": "Draw", "upload": "Upload sketch", "photo": "From photo", "prompt": "Prompt only"}
+CANVAS = 512  # drawing canvas side in pixels; the sketch is resized to the model's resolution like any other
+PREVIEW = 384  # a sketch preview smaller than this is enlarged (nearest: the model's pixels stay visible)
+
+
+def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
+    """The studio page for `generator`, writing generated PNGs under `out`; not launched."""
+    has_controlnet = generator.control_pipe is not None
+    with gr.Blocks(title="FashionSD-X Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        gr.Markdown(_header(generator))
+        source = gr.State("draw" if has_controlnet else "prompt")
+        history = gr.State([])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                sketch_inputs = _sketch_tabs(source, has_controlnet, generator.resolution)
+            with gr.Column(scale=4):
+                controls = _settings_controls()
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                message = gr.Markdown(elem_id="message")
+        with gr.Row():
+            gallery = gr.Gallery(label="Garments", columns=4, height=250, format="png", elem_id="gallery", scale=3)
+            files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple",
+                            interactive=False, elem_id="downloads", scale=1)
+        table = gr.Dataframe(headers=HISTORY_HEADERS, label="History (click a row to reuse its settings)",
+                             interactive=False, elem_id="history", max_height=260)
+        _wire_generate(generator, out, button, source, sketch_inputs, controls, history,
+                       [gallery, files, history, table, message])
+        _wire_reuse(table, history, controls, sketch_inputs, source, [gallery, files, message])
+    return demo
+
+
+def _header(generator: GarmentGenerator) -> str:
+    parts = [f"model **{Path(generator.base.source).name}**"]
+    parts += [f"LoRA **{Path(generator.lora).name}**"] if generator.lora else []
+    parts += [f"ControlNet **{Path(generator.controlnet_path).name}**"] if generator.controlnet_path else []
+    return (f"# FashionSD-X Studio\nSketch + text → garment ({', '.join(parts)}, {generator.resolution} px). "
+            "Draw or upload a sketch (or a garment photo), describe the garment, generate.")
+
+
+def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dict[str, Any]:
+    """The four sketch sources as tabs; selecting a tab makes it the one Generate uses."""
+    inputs: dict[str, Any] = {}
+    with gr.Tabs(selected=source.value) as tabs:
+        with gr.Tab(TAB_LABELS["draw"], id="draw", visible=has_controlnet) as draw:
+            inputs["canvas"] = gr.Sketchpad(
+                label="Sketch: pick the brush and draw", type="pil", image_mode="RGBA", height=520,
+                canvas_size=(CANVAS, CANVAS), elem_id="canvas",
+                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed", default_size=4))
+        with gr.Tab(TAB_LABELS["upload"], id="upload", visible=has_controlnet) as upload:
+            inputs["upload"] = _upload("Sketch image", "sketch-upload")
+            inputs["upload_preview"] = gr.Image(label="Sketch", interactive=False, format="png", height=300,
+                                                elem_id="sketch-preview")
+        with gr.Tab(TAB_LABELS["photo"], id="photo", visible=has_controlnet) as photo:
+            inputs.update(_photo_controls(resolution))
+        with gr.Tab(TAB_LABELS["prompt"], id="prompt") as prompt_only:
+            gr.Markdown("No sketch: the garment is generated from the prompt alone.")
+    for tab, name in ((draw, "draw"), (upload, "upload"), (photo, "photo"), (prompt_only, "prompt")):
+        tab.select(lambda name=name: name, None, source, queue=False)
+    inputs["tabs"] = tabs
+    inputs["upload"].change(_preview_upload, inputs["upload"], [inputs["upload_preview"]])
+    return inputs
+
+
+def _upload(label: str, elem_id: str) -> gr.File:
+    # gr.File, not gr.Image: gr.Image decodes the upload itself and fails with a traceback on a broken file,
+    # while the studio must check it with load_image and answer with a message.
+    return gr.File(label=label, file_count="single", file_types=list(IMAGE_EXTENSIONS), type="filepath",
+                   height=110, elem_id=elem_id)
+
+
+def _photo_controls(resolution: int) -> dict[str, Any]:
+    controls = {"photo": _upload("Garment photo", "photo-upload")}
+    with gr.Row():
+        controls["method"] = gr.Radio(list(SKETCH_METHODS), value="adaptive", label="Method", elem_id="method")
+        controls["block_size"] = gr.Slider(3, 51, value=11, step=2, label="Block size (adaptive)",
+                                           elem_id="block-size")
+        controls["offset"] = gr.Slider(0.5, 20, value=2.0, step=0.5, label="Offset (adaptive)", elem_id="offset")
+    controls["photo_sketch"] = gr.Image(label=f"Extracted sketch (as the model sees it, {resolution} px)",
+                                        interactive=False, format="png", height=300, elem_id="photo-sketch")
+    gr.on([controls[name].change for name in ("photo", "method", "block_size", "offset")],
+          lambda *values: _enlarged(_shown(*extract(*values, resolution=resolution))),
+          [controls[name] for name in ("photo", "method", "block_size", "offset")], controls["photo_sketch"])
+    return controls
+
+
+def _settings_controls() -> list[Any]:
+    """The generation controls in Settings field order."""
+    prompt = gr.Textbox(label="Prompt", placeholder="a red striped t-shirt", lines=2, elem_id="prompt")
+    negative = gr.Textbox(label="Negative prompt", placeholder="blurry, low quality", elem_id="negative")
+    with gr.Row():
+        num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="num-images")
+        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id="steps")
+    with gr.Row():
+        guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+        sketch_strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Sketch strength",
+                                    elem_id="sketch-strength")
+        lora_strength = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="LoRA strength", elem_id="lora-strength")
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
+        scheduler = gr.Dropdown(list(SCHEDULERS), value="unipc", label="Sampler", elem_id="scheduler")
+    return [prompt, negative, num_images, steps, guidance, sketch_strength, lora_strength, seed, scheduler]
+
+
+def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, source: gr.State,
+                   sketch_inputs: dict[str, Any], controls: list[Any], history: gr.State, outputs: list[Any]) -> None:
+    sketch_parts = [sketch_inputs[name] for name in ("canvas", "upload", "photo", "method", "block_size", "offset")]
+
+    def generate(source_name, canvas, upload, photo, method, block_size, offset, history_value, *values,
+                 progress=gr.Progress()):
+        sketch_settings = SketchSettings(method, int(block_size), float(offset))
+        sketch, problem = pick_sketch(source_name, canvas, upload, photo, sketch_settings, generator.resolution)
+        if problem:
+            return _failed(problem, history_value)
+        outcome = run_generation(generator, out, Settings.from_page(*values), sketch, history_value, source_name,
+                                 sketch_settings, lambda fraction, text: progress(fraction, desc=text))
+        if outcome.message:
+            return _failed(outcome.message, outcome.history)
+        for note in outcome.notes:
+            gr.Info(note)
+        rows = history_rows(outcome.history)
+        return _captioned(outcome.files), _paths(outcome.files), outcome.history, rows, "  \n".join(outcome.notes)
+
+    button.click(generate, [source, *sketch_parts, history, *controls], outputs, concurrency_limit=1,
+                 concurrency_id="generator")
+
+
+def _failed(message: str, history: list[HistoryEntry]) -> tuple:
+    """Outputs of a Generate that did not run: the gallery and downloads kept, the message shown."""
+    gr.Warning(message)
+    return gr.skip(), gr.skip(), history, history_rows(history), f"⚠️ {message}"
+
+
+def _wire_reuse(table: gr.Dataframe, history: gr.State, controls: list[Any], sketch_inputs: dict[str, Any],
+                source: gr.State, outputs: list[Any]) -> None:
+    photo_settings = [sketch_inputs[name] for name in ("method", "block_size", "offset")]
+    targets = [*controls, *photo_settings, sketch_inputs["tabs"], source, sketch_inputs["upload"], *outputs]
+
+    def restore(history_value: list[HistoryEntry], event: gr.SelectData):
+        entry = reuse(history_value, event.index[0] if event.index else -1)
+        if entry is None:
+            return tuple(gr.skip() for _ in targets)
+        # The sketch used goes back through the upload tab (a photo's sketch too), so a rerun sees the same one.
+        tab = "upload" if entry.sketch is not None else "prompt"
+        return (*control_values(entry), gr.Tabs(selected=tab), tab,
+                str(entry.sketch) if entry.sketch else gr.skip(), _captioned(entry.files),
+                _paths(entry.files), f"Settings of run {event.index[0] + 1} restored.")
+
+    table.select(restore, history, targets)
+
+
+def _preview_upload(path: str | None):
+    return _shown(*load_upload(path))
+
+
+def _shown(image: Image.Image | None, message: str) -> Image.Image | None:
+    """An image for the page, or a warning and an empty image when the input could not be used."""
+    if message:
+        gr.Warning(message)
+    return image
+
+
+def _paths(files: Sequence[Path]) -> list[str]:
+    return [str(file) for file in files]
+
+
+def _enlarged(image: Image.Image | None) -> Image.Image | None:
+    if image is None or image.width >= PREVIEW:
+        return image
+    factor = -(-PREVIEW // image.width)
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def _captioned(files: Sequence[Path]) -> list[tuple[str, str]]:
+    return [(str(file), f"seed {read_params(file).seed}") for file in files]

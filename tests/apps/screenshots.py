@@ -1,0 +1,133 @@
+"""docs/studio.png, the studio after a generation, taken with headless Chromium: `python -m tests.apps.screenshots`.
+
+With the embedded model installed (fashionsd_x/embedded/model_index.json) the screenshot shows it generating
+from one of its demo sketches; without it, a tiny random model stands in (its garments are noise: retake the
+screenshot once the embedded model ships). The browser steps are the ones the studio's browser test takes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from fashionsd_x.apps.studio.serve import launch_options
+from fashionsd_x.generate import GarmentGenerator
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu"]
+VIEWPORT = {"width": 1320, "height": 900}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(generator: GarmentGenerator, out: Path) -> Iterator[str]:
+    """The studio for `generator` served on a free local port, as `fsdx studio` serves it; yields its URL."""
+    from fashionsd_x.apps.studio.ui import build_app
+
+    port = free_port()
+    demo = build_app(generator, out)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(out, "127.0.0.1", port))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def launch_chromium(playwright):
+    """Headless system Chromium (Playwright's own browsers are not installed)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def browser_page() -> Iterator:
+    """A page in headless system Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser.new_page(viewport=VIEWPORT)
+        finally:
+            browser.close()
+
+
+def generate_in_browser(page, url: str, sketch: Path, prompt: str, steps: int | None = None,
+                        timeout_ms: int = 60_000) -> list[str]:
+    """Upload `sketch`, type `prompt`, click Generate as a designer does; returns the PNG download links."""
+    page.goto(url)
+    page.get_by_role("tab", name="Upload sketch").click()
+    page.locator("#sketch-upload input[type=file]").set_input_files(str(sketch))
+    page.locator("#sketch-preview img").wait_for(timeout=timeout_ms)  # the upload reached the server
+    page.locator("#prompt textarea").fill(prompt)
+    if steps is not None:
+        set_number(page, "steps", steps)
+    page.locator("#generate").click()
+    page.locator("#gallery img").first.wait_for(timeout=timeout_ms)
+    page.locator("#downloads a").first.wait_for(timeout=timeout_ms)
+    return page.locator("#downloads a").evaluate_all("links => links.map(link => link.href)")
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    """Type into a slider's number box (the value reaches the server when the box loses focus)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def screenshot(path: Path = DOCS / "studio.png") -> tuple[Path, bool]:
+    """Generate in the studio and save the page as `path`; (path, whether the embedded model was used)."""
+    with tempfile.TemporaryDirectory(prefix="fsdx-screenshot-") as folder:
+        generator, sketch, prompt, embedded = _model_and_sketch(Path(folder))
+        with serving(generator, Path(folder) / "out") as url, browser_page() as page:
+            generate_in_browser(page, url, sketch, prompt, timeout_ms=600_000)
+            page.wait_for_timeout(1000)  # let the gallery's images finish painting
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=True)
+    return path, embedded
+
+
+def _model_and_sketch(folder: Path) -> tuple[GarmentGenerator, Path, str, bool]:
+    from fashionsd_x.models.embedded import EMBEDDED_DIR
+
+    if (EMBEDDED_DIR / "model_index.json").is_file():
+        from fashionsd_x.demo import read_demo_items
+
+        _, sketch, prompts = read_demo_items()[0]
+        return GarmentGenerator.load(), sketch, prompts[0], True
+    return (*_tiny_model_and_sketch(folder), False)
+
+
+def _tiny_model_and_sketch(folder: Path) -> tuple[GarmentGenerator, Path, str]:
+    from fashionsd_x.data.sketch import extract_sketch
+    from fashionsd_x.models.tiny import build_tiny_base
+    from tests.conftest import garment
+    from tests.test_generate import _save_controlnet, _save_lora
+
+    base = build_tiny_base(folder / "base")
+    generator = GarmentGenerator.load(base, lora=_save_lora(base, folder / "lora", 0),
+                                      controlnet=_save_controlnet(base, folder / "controlnet"), device="cpu")
+    sketch = folder / "sketch.png"
+    extract_sketch(garment(3, size=256, portrait=False)).save(sketch)
+    return generator, sketch, "a navy dress with white polka dots"
+
+
+def main() -> int:
+    path, embedded = screenshot()
+    model = "the embedded model" if embedded else "a tiny random model (no embedded model yet: retake it later)"
+    print(f"wrote {path} with {model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

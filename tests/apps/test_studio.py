@@ -1,0 +1,222 @@
+"""FashionSD-X Studio on a tiny real base, LoRA and ControlNet: the actions as functions, then the page in Chromium."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from fashionsd_x.apps.studio import StudioError, serve_studio
+from fashionsd_x.apps.studio.actions import (Settings, SketchSettings, canvas_sketch, control_values, extract,
+                                             generated_files, history_rows, load_upload, pick_sketch, reuse,
+                                             run_generation)
+from fashionsd_x.data.images import load_image, pad_to_square
+from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.generate import GarmentGenerator, read_params
+from tests.apps import screenshots
+from tests.conftest import garment
+from tests.test_generate import _save_controlnet, _save_lora
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_base, tmp_path_factory) -> GarmentGenerator:
+    root = tmp_path_factory.mktemp("studio_models")
+    return GarmentGenerator.load(tiny_base, lora=_save_lora(tiny_base, root / "lora", 0),
+                                 controlnet=_save_controlnet(tiny_base, root / "controlnet"), device="cpu")
+
+
+def _sketch_file(folder: Path, shape: str = "box") -> Path:
+    image = Image.new("L", (48, 64), 255)
+    draw = ImageDraw.Draw(image)
+    (draw.rectangle if shape == "box" else draw.ellipse)((6, 6, 42, 58), outline=0, width=3)
+    path = folder / f"{shape}.png"
+    image.save(path)
+    return path
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_uploaded_sketch_gives_pngs_that_carry_their_parameters(generator, tmp_path, one_thread):
+    sketch, message = load_upload(_sketch_file(tmp_path))
+    assert message == ""
+    settings = Settings(prompt="a red dress", negative_prompt="blurry", num_images=2, steps=STEPS, seed=5,
+                        guidance_scale=6.0, controlnet_scale=0.8, lora_scale=0.5)
+    seen: list[float] = []
+    outcome = run_generation(generator, tmp_path / "out", settings, sketch, source="upload",
+                             progress=lambda fraction, text: seen.append(fraction))
+    assert outcome.message == "" and seen == [0.0, 0.5]
+    assert len(outcome.files) == 2 and generated_files(tmp_path / "out") == sorted(outcome.files)
+    for k, file in enumerate(outcome.files):
+        params = read_params(file)
+        assert (params.prompt, params.negative_prompt, params.seed, params.steps) == ("a red dress", "blurry", 5 + k, 2)
+        assert (params.guidance_scale, params.controlnet_scale, params.lora_scale) == (6.0, 0.8, 0.5)
+        assert params.sketch_sha256 is not None
+    # Each PNG is the image `fsdx generate` makes with its seed.
+    single = generator("a red dress", sketch=sketch, negative_prompt="blurry", steps=STEPS, seed=6,
+                       guidance_scale=6.0, controlnet_scale=0.8, lora_scale=0.5)[0]
+    assert np.array_equal(_pixels(outcome.files[1]), np.asarray(single.image).astype(int))
+    [entry] = outcome.history
+    assert entry.source == "upload" and entry.files == tuple(outcome.files)
+    assert history_rows(outcome.history)[0][:5] == [1, "a red dress", "upload", 2, 5]
+
+
+def test_canvas_layers_are_composited_on_white(tmp_path):
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # untouched canvas pixels are transparent black
+    ImageDraw.Draw(layer).line((10, 10, 50, 50), fill=(0, 0, 0, 255), width=4)
+    sketch = canvas_sketch({"background": Image.new("RGBA", (64, 64), (0, 0, 0, 0)), "layers": [layer],
+                            "composite": None})
+    pixels = np.asarray(sketch)
+    assert sketch.mode == "L" and pixels[0, 63] == 255 and pixels[30, 30] == 0
+    assert canvas_sketch({"background": None, "layers": [Image.new("RGBA", (64, 64))], "composite": None}) is None
+    assert canvas_sketch(None) is None
+    _, message = pick_sketch("draw", None, None, None, SketchSettings(), 32)
+    assert "canvas is blank" in message
+
+
+def test_photo_sketch_follows_the_threshold_settings(generator, tmp_path, one_thread):
+    photo = tmp_path / "photo.png"
+    garment(5, size=128).save(photo)
+    fine, message = extract(photo, "adaptive", 3, 2.0, 64)
+    coarse, _ = extract(photo, "adaptive", 31, 2.0, 64)
+    assert message == "" and fine.size == (64, 64)
+    assert not np.array_equal(np.asarray(fine), np.asarray(coarse))
+    # The preview is the dataset stage's own sketch of the photo at the model's resolution.
+    expected = extract_sketch(pad_to_square(load_image(photo), 64), SketchConfig(block_size=31))
+    assert np.array_equal(np.asarray(coarse), np.asarray(expected))
+    canny, _ = extract(photo, "canny", 31, 2.0, 64)
+    assert not np.array_equal(np.asarray(canny), np.asarray(coarse))
+    settings = SketchSettings("adaptive", 31, 2.0)
+    sketch, _ = pick_sketch("photo", None, None, photo, settings, generator.resolution)
+    outcome = run_generation(generator, tmp_path / "out", Settings(prompt="a top", num_images=1, steps=STEPS),
+                             sketch, source="photo", sketch_settings=settings)
+    assert outcome.history[0].source == "photo" and outcome.history[0].sketch_settings == settings
+
+
+def test_bad_uploads_and_settings_give_a_message_not_an_exception(generator, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("a red dress")
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "dot.png")
+    _sketch_file(tmp_path)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "box.png").read_bytes()[:60])
+    reasons = {name: load_upload(tmp_path / name) for name in ("notes.png", "notes.txt", "dot.png", "cut.png")}
+    assert all(image is None for image, _ in reasons.values())
+    assert "not an image file" in reasons["notes.png"][1] and "accepted: jpg" in reasons["notes.txt"][1]
+    assert "too small" in reasons["dot.png"][1] and "cannot" in reasons["cut.png"][1]
+    assert all("\n" not in message for _, message in reasons.values())
+    sketch, message = pick_sketch("photo", None, None, tmp_path / "notes.png", SketchSettings(), 32)
+    assert sketch is None and "not an image file" in message
+    _, message = extract(tmp_path / "box.png", "adaptive", 4, 2.0, 32)
+    assert "block_size must be odd" in message
+    for settings, reason in ((Settings(prompt="  ", num_images=1, steps=STEPS), "prompt is empty"),
+                             (Settings(prompt="a dress", num_images=100), "between 1 and 8"),
+                             (Settings(prompt="a dress", steps=10_000), "steps must be")):
+        outcome = run_generation(generator, tmp_path / "out", settings, history=[])
+        assert reason in outcome.message and outcome.files == [] and outcome.history == []
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+    long = run_generation(generator, tmp_path / "out", Settings(prompt="a dress " + "very " * 100, num_images=1,
+                                                                steps=1))
+    assert long.message == "" and len(long.files) == 1 and "truncated" in long.notes[0]
+
+
+def test_history_row_restores_settings_and_reproduces_the_images(generator, tmp_path, one_thread):
+    sketch, _ = load_upload(_sketch_file(tmp_path, "ellipse"))
+    first = Settings(prompt="navy trousers", num_images=1, steps=STEPS, seed=3, guidance_scale=5.0,
+                     controlnet_scale=1.2, lora_scale=0.3, scheduler="ddim")
+    photo_settings = SketchSettings("xdog", 15, 4.0)
+    history = run_generation(generator, tmp_path / "out", first, sketch, source="photo",
+                             sketch_settings=photo_settings).history
+    history = run_generation(generator, tmp_path / "out", Settings(prompt="a skirt", num_images=1, steps=STEPS),
+                             history=history).history
+    assert [entry.source for entry in history] == ["photo", "prompt"] and history[1].sketch is None
+    entry = reuse(history, 0)
+    assert control_values(entry) == ("navy trousers", "", 1, STEPS, 5.0, 1.2, 0.3, 3, "ddim", "xdog", 15, 4.0)
+    assert reuse(history, 5) is None and reuse(history, -1) is None
+    # The restored settings and the kept sketch make the same garment again.
+    restored = Settings.from_page(*[float(v) if isinstance(v, int) else v for v in control_values(entry)[:9]])
+    kept, _ = load_upload(entry.sketch)
+    again = run_generation(generator, tmp_path / "again", restored, kept, history=history)
+    assert restored == first and len(again.history) == 3
+    # Within a grey level: the LoRA scale went 0.3 -> 1.0 -> 0.3 in between, and unfusing then fusing the LoRA
+    # into the UNet's weights rounds in the last bit.
+    assert np.abs(_pixels(again.files[0]) - _pixels(entry.files[0])).max() <= 1
+
+
+def test_a_model_without_controlnet_offers_the_prompt_only(tiny_base, tmp_path, one_thread):
+    from fashionsd_x.apps.studio.ui import build_app
+
+    text_only = GarmentGenerator.load(tiny_base, device="cpu")
+    demo = build_app(text_only, tmp_path / "out")
+    tabs = {block.id: block.visible for block in demo.blocks.values() if type(block).__name__ == "Tab"}
+    assert tabs == {"draw": False, "upload": False, "photo": False, "prompt": True}
+    sketch, _ = load_upload(_sketch_file(tmp_path))
+    refused = run_generation(text_only, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS), sketch)
+    assert "needs a ControlNet" in refused.message and refused.files == []
+    done = run_generation(text_only, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS))
+    assert done.message == "" and done.history[0].source == "prompt" and read_params(done.files[0]).sketch is None
+
+
+def test_cli_help_and_a_taken_port(tmp_path, capsys):
+    code = ("import sys, fashionsd_x.apps.studio; "
+            "print(sorted(m for m in ('gradio', 'torch', 'diffusers') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"  # the CLI imports the module for --help: it must stay light
+    from fashionsd_x.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["studio", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model MODEL", "--lora LORA", "--controlnet CONTROLNET", "--host HOST", "--port PORT"):
+        assert option in text
+    assert "default: 127.0.0.1" in text and "whole network" in text
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(StudioError, match="cannot listen on 127.0.0.1"):
+            serve_studio(model=str(tmp_path / "never-loaded"), port=busy.getsockname()[1])
+
+
+@pytest.fixture
+def page():
+    """A headless Chromium page, or a skip naming what is missing (CI without Chromium still passes)."""
+    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    from playwright.sync_api import Error, sync_playwright
+
+    if not Path(screenshots.CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {screenshots.CHROMIUM}")
+    with sync_playwright() as playwright:
+        try:
+            browser = screenshots.launch_chromium(playwright)
+        except Error as error:
+            pytest.skip(f"headless Chromium did not start: {str(error).splitlines()[0]}")
+        yield browser.new_page(viewport=screenshots.VIEWPORT)
+        browser.close()
+
+
+def test_browser_upload_prompt_generate_download_and_reuse(generator, page, tmp_path, one_thread):
+    with screenshots.serving(generator, tmp_path / "out") as url:
+        links = screenshots.generate_in_browser(page, url, _sketch_file(tmp_path), "a red dress", steps=STEPS)
+        assert page.locator("#gallery img").count() >= 1
+        assert len(links) == 4  # the default number of images
+        download = tmp_path / "download.png"
+        download.write_bytes(urllib.request.urlopen(links[0], timeout=30).read())
+        params = read_params(download)  # the PNG's text chunks survived the trip through Gradio
+        assert (params.prompt, params.steps) == ("a red dress", STEPS)
+        page.locator("#prompt textarea").fill("something else")
+        page.locator('#history [data-testid="cell-0-1"]').click()  # the first history row's prompt
+        page.wait_for_function("document.querySelector('#prompt textarea').value == 'a red dress'", timeout=30_000)
+        assert "restored" in page.locator("#message").inner_text()
+        page.locator('#sketch-upload [aria-label="sketch.png"]').wait_for(timeout=30_000)  # the sketch it used
+        (tmp_path / "notes.png").write_text("not an image")
+        page.get_by_role("tab", name="From photo").click()
+        page.locator("#photo-upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+        page.get_by_text("cannot use notes.png: not an image file").first.wait_for(timeout=30_000)  # a toast
