@@ -127,8 +127,8 @@ def write_card(root: Path) -> Path:
 
 def _stage_rows(stages: dict) -> list[str]:
     data = stages["data"]
-    rows = [f"| 0. synthetic data | catalogue {data['catalogue']['rows']} ({', '.join(data['catalogue']['patterns'])});"
-            f" new collection {data['collection']['rows']} ({', '.join(data['collection']['patterns'])}) | | | |"]
+    rows = [f"| 0. synthetic data | {_data_cell('catalogue', data['catalogue'])}; "
+            f"{_data_cell('new collection', data['collection'])} | | | |"]
     vae = stages["vae"]
     rows.append(f"| 1. VAE from scratch | catalogue train | {vae['steps']} x {vae['config']['batch_size']} | "
                 f"{_minutes(vae['seconds'])} | {vae['hardware']['name']} ({vae['hardware']['torch_threads']} threads) |")
@@ -139,6 +139,11 @@ def _stage_rows(stages: dict) -> list[str]:
         rows.append(f"| {number}. {title} | {data_name} train | {stage['steps']} ({stage['epochs']:.1f} epochs) | "
                     f"{_minutes(stage['seconds'])} | {stage['hardware']} |")
     return rows
+
+
+def _data_cell(name: str, figures: dict) -> str:
+    counts = ", ".join(f"{split} {count}" for split, count in figures["rows"].items())
+    return f"{name}: {counts} ({', '.join(figures['patterns'])})"
 
 
 def _metric_rows(variants: dict) -> list[str]:
