@@ -37,6 +37,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.train.cache import build_cache, cache_folder
@@ -124,7 +125,7 @@ class Method(ABC):
 
     def enable_gradient_checkpointing(self) -> None:
         for module in self.trainable():
-            module.enable_gradient_checkpointing()
+            enable_checkpointing(module)
 
     def cache_identity(self) -> dict[str, Any]:
         """What besides the base's files changes the frozen encoders (a fused LoRA); part of the cache key."""
@@ -265,6 +266,15 @@ def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, t
         # it lets one Python process (a notebook, the studio) train again with other settings, after a failure
         # too. The process group (PartialState) stays, so a launched multi-process run is unaffected.
         AcceleratorState._reset_state()
+
+
+def enable_checkpointing(module: torch.nn.Module) -> None:
+    """Gradient (activation) checkpointing on a diffusers model or a transformers text encoder."""
+    if isinstance(module, PreTrainedModel):
+        # transformers 5 renamed it (the old name warns); 4.x has only the old one.
+        getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
+    else:
+        module.enable_gradient_checkpointing()
 
 
 def place_models(base: Base, method: Method, device: torch.device, weight_dtype: torch.dtype) -> None:

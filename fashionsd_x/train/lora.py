@@ -112,13 +112,6 @@ class LoraMethod(Method):
     def pipeline(self) -> StableDiffusionPipeline:
         return self.base.pipeline()  # the adapters live inside base.unet (and base.text_encoder)
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.base.unet.enable_gradient_checkpointing()
-        if self.text_lora is not None:
-            # transformers 5 renamed it (the old name warns); 4.x has only the old one.
-            text_encoder = self.base.text_encoder
-            getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)()
-
     def weights(self, out: Path) -> Path:
         return out / LORA_WEIGHTS
 

@@ -84,12 +84,6 @@ class BaseMethod(Method):
     def pipeline(self) -> StableDiffusionPipeline:
         return self.base.pipeline()  # prepared modules wrap the base's own (DDP), so this sees the trained weights
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.base.unet.enable_gradient_checkpointing()
-        if self.trains_text_encoder:
-            text_encoder = self.base.text_encoder
-            getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)()
-
     def weights(self, out: Path) -> Path:
         return out  # StableDiffusionPipeline.from_pretrained(OUT)
 

@@ -59,3 +59,13 @@ def test_resume_gives_the_uninterrupted_weights(garments, tiny_base, trained_bas
         expected, got = _weights(trained_base, component), _weights(out, component)
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{component} {key}")
+
+
+def test_gradient_checkpointing_of_unet_and_text_encoder_keeps_the_result(garments, tiny_base, trained_base, tmp_path):
+    out = tmp_path / "checkpointed"
+    train_base(garments, str(tiny_base), out, **RUN, cache_latents=True,
+               overrides={**FAST, "gradient_checkpointing": "true"})
+    for component in ("unet", "text_encoder"):
+        expected, got = _weights(trained_base, component), _weights(out, component)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=f"{component} {key}")
