@@ -57,7 +57,7 @@ class RecipeConfig:
                                    text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,),
                                    norm_groups=8)
     base_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2500, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
+        "max_steps": 3500, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
         "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,
         "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
@@ -68,7 +68,7 @@ class RecipeConfig:
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
                                                    "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
     controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "random_flip": True,
+        "max_steps": 2500, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20})
     seed: int = 0  # weights and every random draw of the training stages
