@@ -156,7 +156,7 @@ class GarmentGenerator:
         if self.controlnet is not None:
             self.control_pipe = StableDiffusionControlNetPipeline(
                 **{k: v for k, v in self.text_pipe.components.items() if k != "image_encoder"},
-                controlnet=self.controlnet)
+                controlnet=self.controlnet, requires_safety_checker=False)  # no checker by design, no warning
         for pipe in filter(None, (self.text_pipe, self.control_pipe)):
             _move(pipe, self.device, self.dtype)
             pipe.set_progress_bar_config(disable=True)
