@@ -24,8 +24,12 @@ def data_synth(out: Any) -> int:
     return 0
 
 
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under accelerate launch only the main process reports
+
+
 def train(result: Any) -> int:
-    if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+    if not _main_process():
         return 0
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     print(f"{result.stage}: {result.steps} steps ({result.epochs:.2f} epochs) in {result.seconds:.0f} s, "
@@ -40,7 +44,7 @@ def train_tiny(out: Any) -> int:
 
 
 def generate(run: Any) -> int:
-    if os.environ.get("RANK", "0") != "0":  # under accelerate launch only the main process reports
+    if not _main_process():
         return 0
     print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
     _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])

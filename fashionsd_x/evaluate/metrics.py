@@ -465,14 +465,19 @@ def predicted_color(image: Image.Image, threshold: int = BACKGROUND_THRESHOLD,
 def color_accuracy(images: Sequence[Image.Image], color_names: Sequence[str], threshold: int = BACKGROUND_THRESHOLD,
                    palette: dict[str, tuple[int, int, int]] = PALETTE) -> float:
     """Share of IMAGES whose predicted_color is the requested name in COLOR_NAMES (a blank image is a miss)."""
-    if len(images) != len(color_names) or not images:
-        raise ValueError(f"need one colour name per image and at least one image, got {len(images)} images "
-                         f"and {len(color_names)} names")
-    unknown = sorted(set(color_names) - set(palette))
-    if unknown:
-        raise ValueError(f"unknown colour name(s) {unknown}; the palette has: {', '.join(palette)}")
+    check_labels(images, color_names, tuple(palette), "colour")
     hits = [predicted_color(image, threshold, palette) == name for image, name in zip(images, color_names)]
     return float(np.mean(hits))
+
+
+def check_labels(images: Sequence[Image.Image], names: Sequence[str], known: Sequence[str], kind: str) -> None:
+    """Raise ValueError unless there is one known `kind` name (colour, pattern) per image, and some images."""
+    if len(images) != len(names) or not images:
+        raise ValueError(f"need one {kind} name per image and at least one image, got {len(images)} images "
+                         f"and {len(names)} names")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {kind} name(s) {unknown}; known: {', '.join(known)}")
 
 
 def _one_line(error: BaseException) -> str:

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from fashionsd_x.data.images import WHITE, to_rgb
 from fashionsd_x.data.synth import PATTERNS, render_garment, sample_spec
-from fashionsd_x.evaluate.metrics import garment_mask
+from fashionsd_x.evaluate.metrics import check_labels, garment_mask
 
 FEATURE_SIZE = 128  # px: every image is padded square and resized to this, so features do not depend on its size
 SMOOTHING = 1.0  # px Gaussian sigma at FEATURE_SIZE: damps a generator's pixel noise before contrasts are taken
@@ -145,7 +145,7 @@ class PatternClassifier:
     def fit(cls, images: Sequence[Image.Image], patterns: Sequence[str], steps: int = 500,
             l2: float = 0.01) -> PatternClassifier:
         """Fit on IMAGES labelled with PATTERNS by full-batch gradient descent (deterministic), L2-penalised."""
-        _check_patterns(images, patterns, PATTERNS)
+        check_labels(images, patterns, PATTERNS, "pattern")
         labels = tuple(name for name in PATTERNS if name in set(patterns))
         if len(labels) < 2:
             raise ValueError(f"need images of at least two patterns to fit a classifier, got only {labels}")
@@ -217,7 +217,7 @@ def pattern_accuracy(images: Sequence[Image.Image], patterns: Sequence[str],
 
     CLASSIFIER defaults to reference_classifier at the images' size (they must then all have one size).
     """
-    _check_patterns(images, patterns, PATTERNS if classifier is None else classifier.labels)
+    check_labels(images, patterns, PATTERNS if classifier is None else classifier.labels, "pattern")
     if classifier is None:
         classifier = reference_classifier(_one_size(images))
     return float(np.mean([got == asked for got, asked in zip(classifier.predict(images), patterns)]))
@@ -228,12 +228,3 @@ def _one_size(images: Sequence[Image.Image]) -> int:
     if len(sizes) > 1:
         raise ValueError(f"images have several sizes {sizes}; resize them to one or pass a classifier")
     return max(sizes[0])
-
-
-def _check_patterns(images: Sequence[Image.Image], patterns: Sequence[str], known: Sequence[str]) -> None:
-    if len(images) != len(patterns) or not images:
-        raise ValueError(f"need one pattern name per image and at least one image, got {len(images)} images "
-                         f"and {len(patterns)} names")
-    unknown = sorted(set(patterns) - set(known))
-    if unknown:
-        raise ValueError(f"unknown pattern name(s) {unknown}; known: {', '.join(known)}")

@@ -21,6 +21,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixi
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from fashionsd_x.models.embedded import embedded_model, is_embedded
+
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -28,7 +30,6 @@ ACCEPTED_FORMS = ("a Hugging Face hub id (owner/name), a local diffusers folder 
                   "text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint file")
 # owner/name as the Hub spells repository ids; a path that merely looks like one is tried as a path first.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-EMBEDDED_NAME = "tiny"  # the model shipped in the package (fashionsd_x/embedded)
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H text width; SD 1.x uses CLIP ViT-L's 768
 
 T = TypeVar("T")
@@ -124,10 +125,7 @@ def resolve_base(base: str | Path) -> tuple[str, str]:
     """("hub" | "folder" | "single_file", normalised source) for `base`, checked without reading any weights."""
     text = str(base)
     path = Path(text).expanduser()
-    if text == EMBEDDED_NAME and not path.exists():
-        # Deferred: embedded is a leaf module, but keep base importable without touching the package data.
-        from fashionsd_x.models.embedded import embedded_model
-
+    if is_embedded(text):
         return "folder", str(embedded_model().base)
     if path.is_dir():
         check_diffusers_folder(path)

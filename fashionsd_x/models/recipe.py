@@ -208,11 +208,7 @@ def _train_stage(folder: Path, steps: int, run: Any) -> dict[str, Any]:
     result = folder / RESULT_NAME
     if not (result.is_file() and json.loads(result.read_text(encoding="utf-8"))["steps"] >= steps):
         run()
-    figures = json.loads(result.read_text(encoding="utf-8"))
-    card = (folder / "README.md").read_text(encoding="utf-8")
-    figures["hardware"] = next((line.split("|")[2].strip() for line in card.splitlines()
-                                if line.startswith("| hardware |")), "")
-    return figures
+    return json.loads(result.read_text(encoding="utf-8"))
 
 
 def _overrides(settings: dict[str, Any], config: RecipeConfig) -> dict[str, str]:

@@ -74,6 +74,7 @@ class TrainResult:
     seconds: float  # training time in total, across resumes
     final_loss: float | None  # mean loss of the last step (None if no step ran in this invocation)
     validation: list[Path] = field(default_factory=list)  # the final validation images
+    hardware: str = ""  # processes x device and precision of the run (the last invocation's, after a resume)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -144,6 +145,24 @@ class Method(ABC):
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(module) if self.accelerator else module
+
+
+class UNetMethod(Method):
+    """A trainer whose trainable modules are the UNet and, when `trains_text_encoder`, the text encoder (LoRA,
+    full base training): the UNet alone predicts, and the base's own pipeline shows the trained weights."""
+
+    def trainable(self) -> list[torch.nn.Module]:
+        return [self.base.unet] + ([self.base.text_encoder] if self.trains_text_encoder else [])
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.prepared[1] if self.trains_text_encoder else self.base.text_encoder
+
+    def predict(self, noisy, timesteps, text, batch):
+        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
+
+    def pipeline(self) -> DiffusionPipeline:
+        return self.base.pipeline()  # prepared modules wrap the base's own (DDP, adapters inside), so it sees them
 
 
 @dataclass
@@ -242,7 +261,7 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         images = validate(session, total_steps)
         result = TrainResult(out, method.stage, method.weights(out), total_steps,
                              total_steps * config.grad_accum / len(loader), round(session.seconds(), 1), final_loss,
-                             images)
+                             images, hardware(accelerator))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             method.save(out, {CONFIG_METADATA_KEY: config.to_yaml()})
@@ -464,7 +483,7 @@ def write_outputs(s: Session, result: TrainResult, data: Any) -> None:
     """train_config.yaml, train_result.json and the model card README.md beside the weights."""
     (s.out / CONFIG_NAME).write_text(s.config.to_yaml(), encoding="utf-8")
     (s.out / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    write_card(s.out, s.config, result, hardware(s.accelerator), data, s.base.family, s.validation)
+    write_card(s.out, s.config, result, result.hardware, data, s.base.family, s.validation)
 
 
 def hardware(accelerator: Accelerator) -> str:

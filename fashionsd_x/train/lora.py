@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
+from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name for load_lora_weights
 KOHYA_WEIGHTS = "pytorch_lora_weights_kohya.safetensors"
@@ -77,7 +77,7 @@ def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"),
     return train(LoraMethod, settings, Path(out), resume, num_processes)
 
 
-class LoraMethod(Method):
+class LoraMethod(UNetMethod):
     """Adapters in the UNet (and text encoder); the base weights stay frozen."""
 
     stage = "lora"
@@ -95,22 +95,9 @@ class LoraMethod(Method):
                 inject_adapter_in_model(self.text_lora, base.text_encoder, adapter_name="default")
             base.text_encoder.peft_config = {"default": self.text_lora}  # what get_peft_model_state_dict reads
 
-    def trainable(self) -> list[torch.nn.Module]:
-        return [self.base.unet] + ([self.base.text_encoder] if self.text_lora else [])
-
     @property
     def trains_text_encoder(self) -> bool:
         return self.text_lora is not None
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.prepared[1] if self.text_lora else self.base.text_encoder
-
-    def predict(self, noisy, timesteps, text, batch):
-        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
-
-    def pipeline(self) -> StableDiffusionPipeline:
-        return self.base.pipeline()  # the adapters live inside base.unet (and base.text_encoder)
 
     def weights(self, out: Path) -> Path:
         return out / LORA_WEIGHTS

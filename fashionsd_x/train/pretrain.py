@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.base import Base
 from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
+from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
 
 
 def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None, epochs: int | None = None,
@@ -57,7 +55,7 @@ def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"),
     return train(BaseMethod, settings, Path(out), resume, num_processes)
 
 
-class BaseMethod(Method):
+class BaseMethod(UNetMethod):
     """Every UNet weight trainable, and the text encoder's unless train_text_encoder is off."""
 
     stage = "base"
@@ -67,22 +65,9 @@ class BaseMethod(Method):
         base.unet.requires_grad_(True)
         base.text_encoder.requires_grad_(config.train_text_encoder)
 
-    def trainable(self) -> list[torch.nn.Module]:
-        return [self.base.unet] + ([self.base.text_encoder] if self.trains_text_encoder else [])
-
     @property
     def trains_text_encoder(self) -> bool:
         return self.config.train_text_encoder
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.prepared[1] if self.trains_text_encoder else self.base.text_encoder
-
-    def predict(self, noisy, timesteps, text, batch):
-        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
-
-    def pipeline(self) -> StableDiffusionPipeline:
-        return self.base.pipeline()  # prepared modules wrap the base's own (DDP), so this sees the trained weights
 
     def weights(self, out: Path) -> Path:
         return out  # StableDiffusionPipeline.from_pretrained(OUT)
