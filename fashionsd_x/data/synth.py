@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CATEGORIES", "PALETTE", "PATTERNS", "GarmentSpec", "caption", "render_garment", "sample_spec", "synthesize"]
+__all__ = ["CATEGORIES", "FRAMINGS", "PALETTE", "PATTERNS", "GarmentSpec", "caption", "render_garment",
+           "sample_framing", "sample_spec", "synthesize"]
 
 # Named colours, well separated in RGB (closest pair about 80 apart) so the nearest palette name of a
 # rendering's dominant colour is its own even after shading. White is off-white: a white garment must
@@ -52,6 +53,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 CATEGORIES: tuple[str, ...] = ("t-shirt", "long-sleeve top", "tank top", "dress", "skirt", "trousers", "shorts")
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "checks")
+FRAMINGS: tuple[str, ...] = ("centred", "varied")  # every garment at the standard size and centred, or not
+MIN_SCALE = 0.5  # the smallest GarmentSpec.scale (a garment half the standard size)
 
 _TOPS = ("t-shirt", "long-sleeve top", "tank top")
 _FLARED = ("dress", "skirt", "trousers", "shorts")
@@ -59,7 +62,8 @@ _SLEEVES = {"t-shirt": (0.15, 0.4), "long-sleeve top": (0.75, 1.0), "dress": (0.
 _PATTERN_WEIGHTS = {"solid": 2.0, "stripes": 1.0, "dots": 1.0, "checks": 1.0}  # solid twice as common
 _MIN_CONTRAST = 150.0  # RGB distance between a pattern colour and the main colour
 _SUPERSAMPLE = 2  # draw at twice the size, then area-downscale: the anti-aliasing
-_FILL = 0.86  # the garment's larger side spans this fraction of the frame
+_FILL = 0.86  # the garment's larger side spans this fraction of the frame (at GarmentSpec.scale 1)
+_VARIED_SCALE = (0.55, 1.0)  # scale range of "varied" framing
 _MAX_GARMENT_VALUE = 250.0  # garment pixels stay below the pure white (255) background
 _ARM = 1.25  # a full sleeve, in garment units (a top's body is about one unit wide)
 
@@ -80,16 +84,22 @@ class GarmentSpec:
     pattern_scale: float = 0.5  # 0 fine .. 1 bold (period of stripes, dots and checks)
     pattern_vertical: bool = False  # stripes run along the garment (down a leg, along a sleeve), else across
     pose: float = 0.5  # how far sleeves and legs spread on the flat lay: 0 close .. 1 wide
+    scale: float = 1.0  # the garment's larger side as a fraction of the standard fill (86% of the frame)
+    position_x: float = 0.5  # where the garment sits in the free room left and right: 0 left .. 0.5 centre .. 1 right
+    position_y: float = 0.5  # the same, top to bottom
 
     def __post_init__(self) -> None:
         _check_name(self.category, CATEGORIES, "category")
         _check_name(self.color, tuple(PALETTE), "color")
         _check_name(self.pattern, PATTERNS, "pattern")
         self._check_pattern_color()
-        for name in ("width", "length", "flare", "neckline", "sleeve_length", "pattern_scale", "pose"):
+        for name in ("width", "length", "flare", "neckline", "sleeve_length", "pattern_scale", "pose", "position_x",
+                     "position_y"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"GarmentSpec.{name} must be in [0, 1], got {value}")
+        if not MIN_SCALE <= self.scale <= 1.0:
+            raise ValueError(f"GarmentSpec.scale must be in [{MIN_SCALE}, 1], got {self.scale}")
         self._check_applicable()
 
     def _check_pattern_color(self) -> None:
@@ -137,6 +147,7 @@ def sample_spec(rng: np.random.Generator, categories: Sequence[str] | None = Non
 
     The pattern colour is any palette colour that contrasts with the main one (COLORS filters the main colour
     only). Solid fabrics are twice as likely as each pattern so colour is learnt on plain garments first.
+    The garment is centred at the standard size; sample_framing draws another size and place.
     """
     allowed = (_allowed(categories, CATEGORIES, "categories"), _allowed(colors, tuple(PALETTE), "colors"),
                _allowed(patterns, PATTERNS, "patterns"))
@@ -154,6 +165,24 @@ def sample_spec(rng: np.random.Generator, categories: Sequence[str] | None = Non
         pattern_scale=_round(draws[6]), pattern_vertical=bool(pattern == "stripes" and draws[7] < 0.4),
         pose=_round(draws[8]),
     )
+
+
+def _allowed_framing(framing: str) -> str:
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; allowed: {', '.join(FRAMINGS)}")
+    return framing
+
+
+def sample_framing(rng: np.random.Generator, framing: str) -> dict[str, float]:
+    """GarmentSpec fields for FRAMING: none for "centred"; size and place for "varied" (three draws).
+
+    No caption mentions them: only a sketch tells them, so sketch adherence shows in the silhouette.
+    """
+    if _allowed_framing(framing) == "centred":
+        return {}
+    low, high = _VARIED_SCALE
+    scale, x, y = rng.random(3)
+    return {"scale": _round(low + (high - low) * scale), "position_x": _round(x), "position_y": _round(y)}
 
 
 def _allowed(names: Sequence[str] | None, known: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -552,11 +581,14 @@ class _Canvas:
         return np.asarray(points) * self.scale + self.offset
 
 
-def _fit(layout: _Layout, side: int) -> _Canvas:
+def _fit(layout: _Layout, spec: GarmentSpec, side: int) -> _Canvas:
+    """Scale so the larger side spans _FILL * spec.scale of the frame; place it in the room that leaves."""
     points = np.vstack([part.polygon for part in layout.parts])
     low, high = points.min(axis=0), points.max(axis=0)
-    scale = _FILL * side / float((high - low).max())
-    return _Canvas(side, scale, side / 2 - (low + high) / 2 * scale)
+    scale = _FILL * spec.scale * side / float((high - low).max())
+    room = side - (high - low) * scale  # free pixels along x and y; the garment is never cropped
+    position = np.array([spec.position_x, spec.position_y])
+    return _Canvas(side, scale, side / 2 - (low + high) / 2 * scale + (position - 0.5) * room)
 
 
 def render_garment(spec: GarmentSpec, size: int = 256, seed: int = 0) -> Image.Image:
@@ -569,7 +601,7 @@ def render_garment(spec: GarmentSpec, size: int = 256, seed: int = 0) -> Image.I
     _check_size(size)
     rng = np.random.default_rng(_check_seed(seed))
     layout = _layout(spec)
-    canvas = _fit(layout, size * _SUPERSAMPLE)
+    canvas = _fit(layout, spec, size * _SUPERSAMPLE)
     index = _rasterise(layout.parts, canvas)
     fabric = _fabric(spec, layout.parts, index, canvas, rng)
     darkness, highlight = _shading(layout, index, canvas, rng, _sheen(spec.color))
@@ -767,7 +799,8 @@ def _normal(points: np.ndarray) -> np.ndarray:
 
 
 def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: Sequence[str] | None = None,
-               colors: Sequence[str] | None = None, patterns: Sequence[str] | None = None, start: int = 0) -> Path:
+               colors: Sequence[str] | None = None, patterns: Sequence[str] | None = None, start: int = 0,
+               framing: str = "centred") -> Path:
     """Write NUM synthetic garments to OUT as a folder source: images/synth_<index>.png and metadata.jsonl.
 
     Item index runs from START to START + NUM - 1 and depends only on (SEED, index): the same seed gives the
@@ -787,8 +820,11 @@ def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: 
         colors: only these palette colours (black, white, grey, red, orange, yellow, green, blue, navy, ...).
         patterns: only these patterns (solid, stripes, dots, checks).
         start: index of the first garment (disjoint ranges give disjoint sets, e.g. a held-out test set).
+        framing: centred (every garment the same size, centred) or varied (size 0.55 to 1 of the standard and place drawn per
+            garment, never cropped; no caption mentions them, so only a sketch can tell them).
     """
-    filters = _check_synthesize_arguments(num, seed, size, start, categories, colors, patterns)
+    filters = (*_check_synthesize_arguments(num, seed, size, start, categories, colors, patterns),
+               _allowed_framing(framing))
     out = Path(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -812,11 +848,12 @@ def _check_synthesize_arguments(num: int, seed: int, size: int, start: int, cate
             _allowed(patterns, PATTERNS, "patterns"))
 
 
-def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple[tuple[str, ...], ...]) -> dict:
+def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple) -> dict:
     rng = np.random.default_rng([seed, index])  # one stream per item: independent of num and of other items
-    spec = sample_spec(rng, *filters)
+    spec = sample_spec(rng, *filters[:3])
     text = caption(spec, rng)
     render_seed = int(rng.integers(2**31))
+    spec = replace(spec, **sample_framing(rng, filters[3]))  # drawn last: a varied garment is a centred one moved
     item_id = f"synth_{index:06d}"
     _save_png(render_garment(spec, size, render_seed), images / f"{item_id}.png")
     row = {"file_name": f"images/{item_id}.png", "id": item_id, "text": text, "color_rgb": list(PALETTE[spec.color])}

@@ -66,13 +66,15 @@ def with_embedded(model: str | Path | None, lora: str | Path | None,
 
 def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     """Copy a finished recipe's base, LoRA and ControlNet (weights and configs only) into `root`."""
+    from fashionsd_x.models.recipe import FINAL_BASE  # deferred: the recipe imports this module
+
     recipe = Path(recipe)
     staging = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copy2(recipe / "base" / "model_index.json", staging)
+    shutil.copy2(recipe / FINAL_BASE / "model_index.json", staging)
     for name in COMPONENTS:
-        shutil.copytree(recipe / "base" / name, staging / name)
+        shutil.copytree(recipe / FINAL_BASE / name, staging / name)
     for folder, files in (("lora", LORA_FILES), ("controlnet", CONTROLNET_FILES)):
         (staging / folder).mkdir()
         for name in files:
@@ -109,9 +111,13 @@ def write_card(root: Path) -> Path:
              "everything runs offline on a laptop CPU; it knows 7 garment types, 13 colours and 4 prints, nothing else.",
              "", "## Recipe", "", "| stage | data | steps | time | hardware |", "| --- | --- | --- | --- | --- |"]
     lines += _stage_rows(stages)
-    lines += ["", "Stages 1 and 2 are not in the paper, which starts from Stable Diffusion's pretrained weights; "
-              "none can be downloaded here. Stages 3 and 4 are the paper's, with higher learning rates for a model "
-              "this small (settings in recipe.json).", ""]
+    lines += ["", "Stages 1 to 3 are not in the paper, which starts from Stable Diffusion's pretrained weights; "
+              "none can be downloaded here. Stage 3 goes on with offset noise: at 32 x 32 latents the noisiest "
+              "training step still shows the garment's mean colour, and a base trained without it takes the colour "
+              "from the starting noise rather than the prompt. Stages 4 and 5 are the paper's, with higher "
+              "learning rates for a model this small (settings in recipe.json). The new collection varies each "
+              "garment's size and place in the frame, which no caption says, so only the sketch tells the "
+              "silhouette.", ""]
     if metrics:
         lines += [f"## Evaluation ({metrics['num_items']} held-out new-collection garments, `fsdx evaluate`)", "",
                   *_metric_rows(metrics["variants"]), ""]
@@ -132,10 +138,11 @@ def _stage_rows(stages: dict) -> list[str]:
     vae = stages["vae"]
     rows.append(f"| 1. VAE from scratch | catalogue train | {vae['steps']} x {vae['config']['batch_size']} | "
                 f"{_minutes(vae['seconds'])} | {vae['hardware']['name']} ({vae['hardware']['torch_threads']} threads) |")
-    for number, (name, title) in enumerate((("base", "UNet + text encoder from scratch"), ("lora", "LoRA"),
+    for number, (name, title) in enumerate((("base", "UNet + text encoder from scratch"),
+                                            ("refine", "base continued with offset noise"), ("lora", "LoRA"),
                                             ("controlnet", "ControlNet (LoRA fused)")), start=2):
         stage = stages[name]
-        data_name = "catalogue" if name == "base" else "new collection"
+        data_name = "catalogue" if name in ("base", "refine") else "new collection"
         rows.append(f"| {number}. {title} | {data_name} train | {stage['steps']} ({stage['epochs']:.1f} epochs) | "
                     f"{_minutes(stage['seconds'])} | {stage['hardware']} |")
     return rows
@@ -143,7 +150,7 @@ def _stage_rows(stages: dict) -> list[str]:
 
 def _data_cell(name: str, figures: dict) -> str:
     counts = ", ".join(f"{split} {count}" for split, count in figures["rows"].items())
-    return f"{name}: {counts} ({', '.join(figures['patterns'])})"
+    return f"{name}: {counts} ({', '.join(figures['patterns'])}; {figures.get('framing', 'centred')} framing)"
 
 
 def _metric_rows(variants: dict) -> list[str]:

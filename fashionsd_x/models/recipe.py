@@ -7,8 +7,13 @@ interrupted one continues from its newest checkpoint (every stage checkpoints as
     1. VAE: an AutoencoderKL pretrained from scratch on the catalogue (not in the paper, which starts from
        Stable Diffusion's weights; nothing can be downloaded here);
     2. base: UNet and CLIP text encoder trained from scratch on the catalogue (also not in the paper);
-    3. LoRA on the new collection with `fsdx train lora` (paper step 2, as the paper fine-tunes on Dress Code);
-    4. ControlNet on the new collection's sketches with the LoRA fused (`fsdx train controlnet --lora`, step 3).
+    3. refine: the base trained on with offset noise (also not in the paper). At 32 x 32 latents the noisiest
+       training step still shows each channel's mean, which is the garment's colour, so a base trained on plain
+       noise takes the colour from the starting noise instead of the prompt; offset noise hides that mean;
+    4. LoRA on the new collection with `fsdx train lora` (paper step 2, as the paper fine-tunes on Dress Code);
+    5. ControlNet on the new collection's sketches with the LoRA fused (`fsdx train controlnet --lora`, step 3).
+The new collection varies each garment's size and place in the frame (no caption says them), so only the sketch
+can tell the silhouette and the evaluation measures how far the ControlNet follows it.
 `ship` then copies the result into the package (fashionsd_x/embedded), where it becomes the default model.
 The settings differ from the paper's where a model trained from scratch on a CPU needs it (higher learning
 rates, more steps); RecipeConfig lists them and the model card records them with times and hardware.
@@ -30,7 +35,8 @@ from fashionsd_x.models.tiny import TinyConfig
 
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
-STAGES = ("data", "vae", "base", "lora", "controlnet", "evaluate")  # in the order they run
+STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
+FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class DataSpec:
     num: int  # garments (about 10% go to the held-out test split)
     seed: int  # synthesis seed
     patterns: tuple[str, ...]  # the patterns it shows
+    framing: str = "centred"  # centred or varied (size and place drawn per garment): see data.synth.synthesize
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class RecipeConfig:
 
     resolution: int = 128  # image side in pixels everywhere
     catalogue: DataSpec = DataSpec(8000, 1, ("solid", "stripes"))  # what the base learns from
-    collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"))  # the "new collection" of the LoRA and ControlNet
+    collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"), "varied")  # the LoRA and ControlNet's "new collection"
     vae: VaeTrainConfig = VaeTrainConfig(resolution=128, block_out_channels=(16, 32, 64), crop=64, batch_size=16,
                                          lr=5e-4, max_steps=2000, checkpoint_every=250)
     # UNet levels at 32, 16 and 8 latent pixels; cross-attention only at 8 (and the middle block): attention at
@@ -60,15 +67,22 @@ class RecipeConfig:
         "max_steps": 3500, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
         "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,
         "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
+    # Stage 2 continued with offset noise (fresh optimizer, another seed so the batches differ from stage 2's).
+    refine_settings: dict[str, Any] = field(default_factory=lambda: {
+        "max_steps": 3000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 100, "snr_gamma": 5.0,
+        "noise_offset": 0.1, "caption_dropout": 0.1, "random_flip": True, "cache_latents": True,
+        "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20,
+        "seed": 1})
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "random_flip": True,
+        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
+        "random_flip": True,
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
                                                    "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
     controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2500, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "random_flip": True,
+        "max_steps": 2500, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20})
     seed: int = 0  # weights and every random draw of the training stages
@@ -101,7 +115,7 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
 
     Stages (each skipped when finished, continued from its newest checkpoint when interrupted): synthetic
     catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
-    catalogue; LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
+    catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
     (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection
     garments. OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation.
     Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
@@ -120,8 +134,8 @@ def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, sto
         raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     record = _read_record(out)
     record["config"] = _jsonable(asdict(config))
-    runners = {"data": _data, "vae": _vae, "base": _base, "lora": _lora, "controlnet": _controlnet,
-               "evaluate": _evaluate}
+    runners = {"data": _data, "vae": _vae, "base": _base, "refine": _refine, "lora": _lora,
+               "controlnet": _controlnet, "evaluate": _evaluate}
     for stage in STAGES:
         started = time.monotonic()
         figures = runners[stage](out, config)
@@ -142,13 +156,21 @@ def _data(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
     figures = {}
     for name, spec in (("catalogue", config.catalogue), ("collection", config.collection)):
-        data = out / f"{name}_data"
-        if not (data / "build_report.json").is_file():
-            synthesize(out / name, num=spec.num, seed=spec.seed, size=config.resolution, patterns=spec.patterns)
+        data, wanted = out / f"{name}_data", _jsonable(asdict(spec))
+        built = data / "recipe_data_spec.json"  # what the dataset was built from; another spec rebuilds it
+        if not (data / "build_report.json").is_file() or not built.is_file() or _read_json(built) != wanted:
+            synthesize(out / name, num=spec.num, seed=spec.seed, size=config.resolution, patterns=spec.patterns,
+                       framing=spec.framing)
             build_dataset("folder", out / name, data, resolution=config.resolution, num_proc=2)
-        report = json.loads((data / "build_report.json").read_text(encoding="utf-8"))
-        figures[name] = {"rows": report["num_rows"], "patterns": list(spec.patterns), "seed": spec.seed}
+            built.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
+        report = _read_json(data / "build_report.json")
+        figures[name] = {"rows": report["num_rows"], "patterns": list(spec.patterns), "framing": spec.framing,
+                         "seed": spec.seed}
     return figures
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _vae(out: Path, config: RecipeConfig) -> dict[str, Any]:
@@ -174,11 +196,19 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
         overrides=_overrides(config.base_settings, config)))
 
 
+def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
+    from fashionsd_x.train.pretrain import train_base
+
+    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], lambda: train_base(
+        out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
+        overrides=_overrides(config.refine_settings, config)))
+
+
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
     return _train_stage(out / "lora", config.lora_settings["max_steps"], lambda: train_lora(
-        out / "collection_data", str(out / "base"), out / "lora", resume="latest",
+        out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
         overrides=_overrides(config.lora_settings, config)))
 
 
@@ -186,7 +216,7 @@ def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.controlnet import train_controlnet
 
     return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], lambda: train_controlnet(
-        out / "collection_data", str(out / "base"), out / "controlnet", lora=out / "lora", resume="latest",
+        out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
         overrides=_overrides(config.controlnet_settings, config)))
 
 
@@ -197,7 +227,7 @@ def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
     metrics = out / "eval" / "metrics.json"
     trained = out / "controlnet" / RESULT_NAME
     if not metrics.is_file() or metrics.stat().st_mtime < trained.stat().st_mtime:
-        evaluate(out / "collection_data", str(out / "base"), out / "eval", lora=out / "lora",
+        evaluate(out / "collection_data", str(out / FINAL_BASE), out / "eval", lora=out / "lora",
                  controlnet=out / "controlnet", limit=config.eval_items)
     result = json.loads(metrics.read_text(encoding="utf-8"))
     return {"items": result["num_items"], "split": result["split"], "variants": result["variants"]}

@@ -232,6 +232,32 @@ def test_flat_lay_is_centred_uncropped_on_pure_white(category, extreme):
         assert abs((ys.min() + ys.max()) / 2 - (size - 1) / 2) <= 2 and abs((xs.min() + xs.max()) / 2 - (size - 1) / 2) <= 2
 
 
+def test_scale_and_position_move_the_garment_without_cropping_it():
+    spec = spec_for("dress")
+    size = 128
+    standard = garment_mask(render_garment(spec, size))
+    small = garment_mask(render_garment(dataclasses.replace(spec, scale=0.5), size))
+    corner = garment_mask(render_garment(dataclasses.replace(spec, scale=0.5, position_x=0.0, position_y=1.0), size))
+    assert 0.2 < small.sum() / standard.sum() < 0.3  # half the side: a quarter of the area
+    ys, xs = np.nonzero(corner)
+    assert xs.min() <= 1 and ys.max() >= size - 2  # pushed to the bottom-left edge ...
+    border = np.ones_like(corner)
+    border[1:-1, 1:-1] = False
+    assert corner[border].sum() < 0.25 * corner[border].size  # ... touching it, never cut off by it
+    assert abs(corner.sum() - small.sum()) <= 0.02 * small.sum()
+
+
+def test_varied_framing_changes_only_size_and_place(tmp_path):
+    centred = read_rows(synthesize(tmp_path / "centred", num=6, seed=4, size=32))
+    varied = read_rows(synthesize(tmp_path / "varied", num=6, seed=4, size=32, framing="varied"))
+    framing = ("scale", "position_x", "position_y")
+    for plain, moved in zip(centred, varied):
+        assert (plain["scale"], plain["position_x"], plain["position_y"]) == (1.0, 0.5, 0.5)
+        assert {k: v for k, v in plain.items() if k not in framing} == {k: v for k, v in moved.items() if k not in framing}
+        assert 0.55 <= moved["scale"] <= 1.0
+    assert len({row["scale"] for row in varied}) == 6
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_dominant_colour_at_64px_is_the_palette_colour(pattern):
     for color in PALETTE:
@@ -334,7 +360,7 @@ def test_shape_parameters_change_the_silhouette():
     ({"num": 0}, "num"), ({"size": 16}, "size"), ({"start": -1}, "start"), ({"seed": -1}, "seed"),
     ({"categories": ["hat"]}, r"'hat'.*allowed: t-shirt"), ({"colors": ["teal"]}, r"'teal'.*allowed: black"),
     ({"patterns": ["plaid"]}, r"'plaid'.*allowed: solid"), ({"categories": "dress"}, r"list of names"),
-    ({"colors": []}, "empty"),
+    ({"colors": []}, "empty"), ({"framing": "random"}, r"'random'.*allowed: centred, varied"),
 ])
 def test_synthesize_rejects_bad_arguments(tmp_path, arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -346,7 +372,8 @@ def test_synthesize_rejects_bad_arguments(tmp_path, arguments, message):
     ({"category": "hat"}, "category"), ({"color": "teal"}, "color"), ({"pattern": "plaid"}, "pattern"),
     ({"width": 1.5}, "width"), ({"pattern": "stripes", "pattern_color": "red"}, "pattern_color"),
     ({"pattern": "stripes", "pattern_color": ""}, "pattern_color"), ({"pattern_color": "white"}, "pattern_color"),
-    ({"sleeve_length": 0.0}, "sleeve_length"), ({"flare": 0.4}, "flare"),
+    ({"sleeve_length": 0.0}, "sleeve_length"), ({"flare": 0.4}, "flare"), ({"scale": 0.3}, "scale"),
+    ({"position_x": 1.2}, "position_x"),
 ])
 def test_spec_rejects_contradictions(change, message):
     with pytest.raises(ValueError, match=message):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.embedded import embedded_model, size_mb
@@ -17,11 +18,11 @@ from fashionsd_x.models.tiny import TinyConfig
 FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_images": 0, "checkpoint_every": 1,
        "keep_checkpoints": 1}
 MINIATURE = RecipeConfig(
-    resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("dots", "checks")),
+    resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("dots", "checks"), "varied"),
     vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), crop=16, batch_size=4, max_steps=2,
                        checkpoint_every=1),
     model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
-    base_settings=dict(FEW), controlnet_settings=dict(FEW), eval_items=2,
+    base_settings=dict(FEW), refine_settings={**FEW, "noise_offset": 0.1}, controlnet_settings=dict(FEW), eval_items=2,
     lora_settings={**FEW, "rank": 2, "target_modules": RecipeConfig().lora_settings["target_modules"]})
 
 
@@ -38,7 +39,7 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     out, shipped = tmp_path / "recipe", tmp_path / "embedded"
     run_recipe(MINIATURE, out, stop_after="base")
     record = json.loads((out / "recipe.json").read_text())
-    assert list(record["stages"]) == ["data", "vae", "base"] and not (out / "lora").exists()
+    assert list(record["stages"]) == ["data", "vae", "base"] and not (out / "refine").exists()
     base_written = _mtime(out / "base")
 
     run_recipe(MINIATURE, out, ship_to=shipped)
@@ -46,6 +47,8 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     assert list(record["stages"]) == list(STAGES)
     assert _mtime(out / "base") == base_written  # finished stages are not trained again
     assert record["stages"]["base"]["steps"] == 2 and record["stages"]["controlnet"]["steps"] == 2
+    assert yaml.safe_load((out / "refine" / "train_config.yaml").read_text())["noise_offset"] == 0.1
+    assert record["stages"]["data"]["collection"]["framing"] == "varied"
     assert set(record["stages"]["evaluate"]["variants"]) == {"vanilla", "lora", "fashionsd-x"}
 
     parts = embedded_model(shipped)
