@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,17 @@ from fashionsd_x.generate import GarmentGenerator
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 
 DEMO_SEED = 20240429  # the sketches' garments; the recipe's datasets use seeds 1 and 2
-# category -> (print of the sketched garment, prompts): the sketch shows the print as adaptive thresholding
-# draws it (as in the training sketches), the prompts ask for it in several colours, in the captions' words.
+# category -> (print of the sketched garment, its size and place in the frame, prompts): the sketch shows the
+# print as adaptive thresholding draws it (as in the training sketches), the prompts ask for it in several
+# colours, in the captions' words. Two garments are smaller and off centre, as in the new collection: only
+# the sketch says so, and the results follow it.
 DEMO_ITEMS = {
-    "t-shirt": ("dots", ("a red t-shirt with polka dots", "a blue dotted t-shirt", "a yellow t-shirt with dots")),
-    "dress": ("checks", ("a navy checked dress", "a pink dress with a check pattern", "a green checkered dress")),
-    "trousers": ("checks", ("black checked trousers", "beige trousers with checks", "grey checkered trousers")),
-    "skirt": ("dots", ("a purple skirt with polka dots", "an orange dotted skirt", "a white skirt with small dots")),
+    "t-shirt": ("dots", {}, ("a red t-shirt with polka dots", "a blue dotted t-shirt", "a yellow t-shirt with dots")),
+    "dress": ("checks", {}, ("a navy checked dress", "a pink dress with a check pattern", "a green checkered dress")),
+    "trousers": ("checks", {"scale": 0.7, "position_x": 0.15, "position_y": 0.3},
+                 ("black checked trousers", "beige trousers with checks", "grey checkered trousers")),
+    "skirt": ("dots", {"scale": 0.65, "position_x": 0.85, "position_y": 0.9},
+              ("a purple skirt with polka dots", "an orange dotted skirt", "a white skirt with small dots")),
 }
 CELL = 192  # contact-sheet cell side in pixels
 CAPTION_LINES = 2
@@ -88,8 +92,9 @@ def write_demo_items(root: Path, resolution: int = 128, sketch: SketchConfig | N
     """Render the demo garments, sketch them as the dataset stage does, and write root/prompts.json."""
     root.mkdir(parents=True, exist_ok=True)
     index = []
-    for number, (category, (pattern, prompts)) in enumerate(DEMO_ITEMS.items()):
+    for number, (category, (pattern, framing, prompts)) in enumerate(DEMO_ITEMS.items()):
         spec = sample_spec(np.random.default_rng([DEMO_SEED, number]), categories=[category], patterns=[pattern])
+        spec = replace(spec, **framing)
         photo = render_garment(spec, size=resolution, seed=DEMO_SEED + number)
         file_name = f"{category}.png"
         extract_sketch(photo, sketch or SketchConfig()).save(root / file_name)

@@ -21,10 +21,10 @@ def test_demo_writes_the_contact_sheet_and_the_garments(tmp_path):
     assert result.returncode == 0, result.stderr
     sheet = tmp_path / "contact_sheet.png"
     assert str(sheet) in result.stdout
-    rows, columns = len(DEMO_ITEMS), 1 + max(len(prompts) for _, prompts in DEMO_ITEMS.values())
+    rows, columns = len(DEMO_ITEMS), 1 + max(len(prompts) for *_, prompts in DEMO_ITEMS.values())
     width, height = Image.open(sheet).size
     assert width == columns * CELL and height > rows * CELL
     images = sorted((tmp_path / "images").glob("*.png"))
-    assert len(images) == sum(len(prompts) for _, prompts in DEMO_ITEMS.values())
+    assert len(images) == sum(len(prompts) for *_, prompts in DEMO_ITEMS.values())
     params = read_params(images[0])
     assert params.controlnet and params.lora and params.steps == 4
