@@ -76,7 +76,7 @@ class RecipeConfig:
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
+        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
         "random_flip": True,
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
