@@ -29,9 +29,9 @@ DEMO_SEED = 20240429  # the sketches' garments; the recipe's datasets use seeds 
 DEMO_ITEMS = {
     "t-shirt": ("dots", {}, ("a red t-shirt with polka dots", "a blue dotted t-shirt", "a yellow t-shirt with dots")),
     "dress": ("checks", {}, ("a navy checked dress", "a pink dress with a check pattern", "a green checkered dress")),
-    "trousers": ("checks", {"scale": 0.7, "position_x": 0.15, "position_y": 0.3},
+    "trousers": ("checks", {"scale": 0.8, "position_x": 0.3, "position_y": 0.4},
                  ("black checked trousers", "beige trousers with checks", "grey checkered trousers")),
-    "skirt": ("dots", {"scale": 0.65, "position_x": 0.85, "position_y": 0.9},
+    "skirt": ("dots", {"scale": 0.8, "position_x": 0.65, "position_y": 0.7},
               ("a purple skirt with polka dots", "an orange dotted skirt", "a white skirt with small dots")),
 }
 CELL = 192  # contact-sheet cell side in pixels

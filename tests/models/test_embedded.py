@@ -29,11 +29,13 @@ from tests.test_cli import fsdx
 
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".png", ".yaml"}
 # Measured on the shipped weights (the 12 demo prompts, seed 0, 20 UniPC steps, guidance 7.5): silhouette IoU
-# 0.887 with the sketch and 0.769 without, colour accuracy 0.75 both ways, pattern accuracy 0.25.
-MIN_SILHOUETTE_IOU = 0.80
-MIN_TEXT_ONLY_GAP = 0.05  # sketch-guided IoU minus text-only IoU
-MIN_COLOR_ACCURACY = 0.6
-MIN_PATTERN_ACCURACY = 0.15
+# 0.833 with the sketch and 0.422 without (two demo sketches are smaller and off centre), colour accuracy 1.0
+# with the sketch and 0.83 without, pattern accuracy 0.33.
+MIN_SILHOUETTE_IOU = 0.75
+MIN_TEXT_ONLY_GAP = 0.25  # sketch-guided IoU minus text-only IoU
+MIN_COLOR_ACCURACY = 0.8  # with the sketch
+MIN_TEXT_ONLY_COLOR_ACCURACY = 0.65
+MIN_PATTERN_ACCURACY = 0.2
 
 
 def _asked(prompt: str, names) -> str:
@@ -101,5 +103,5 @@ def test_quality_on_the_demo_sketches(demo_results):
     assert guided_iou >= MIN_SILHOUETTE_IOU, guided_iou
     assert guided_iou - text_iou >= MIN_TEXT_ONLY_GAP, (guided_iou, text_iou)
     assert color_accuracy(guided, colors) >= MIN_COLOR_ACCURACY
-    assert color_accuracy([text for *_, text in demo_results], colors) >= MIN_COLOR_ACCURACY
+    assert color_accuracy([text for *_, text in demo_results], colors) >= MIN_TEXT_ONLY_COLOR_ACCURACY
     assert pattern_accuracy(guided, patterns) >= MIN_PATTERN_ACCURACY
