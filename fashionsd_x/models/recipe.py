@@ -115,15 +115,15 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
 
     Stages (each skipped when finished, continued from its newest checkpoint when interrupted): synthetic
     catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
-    catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
-    (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection
-    garments. OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation.
+    catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its
+    sketches with the LoRA fused (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on
+    held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation.
     Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
 
     Args:
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
         ship: copy the finished model into the package (fashionsd_x/embedded), making it the default.
-        stop_after: stop after this stage (data, vae, base, lora, controlnet or evaluate).
+        stop_after: stop after this stage (data, vae, base, refine, lora, controlnet or evaluate).
     """
     return run_recipe(RecipeConfig(), Path(out), ship_to=EMBEDDED_DIR if ship else None, stop_after=stop_after)
 
