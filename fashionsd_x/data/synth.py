@@ -167,18 +167,13 @@ def sample_spec(rng: np.random.Generator, categories: Sequence[str] | None = Non
     )
 
 
-def _allowed_framing(framing: str) -> str:
-    if framing not in FRAMINGS:
-        raise ValueError(f"unknown framing {framing!r}; allowed: {', '.join(FRAMINGS)}")
-    return framing
-
-
 def sample_framing(rng: np.random.Generator, framing: str) -> dict[str, float]:
     """GarmentSpec fields for FRAMING: none for "centred"; size and place for "varied" (three draws).
 
     No caption mentions them: only a sketch tells them, so sketch adherence shows in the silhouette.
     """
-    if _allowed_framing(framing) == "centred":
+    _check_name(framing, FRAMINGS, "framing")
+    if framing == "centred":
         return {}
     low, high = _VARIED_SCALE
     scale, x, y = rng.random(3)
@@ -820,16 +815,16 @@ def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: 
         colors: only these palette colours (black, white, grey, red, orange, yellow, green, blue, navy, ...).
         patterns: only these patterns (solid, stripes, dots, checks).
         start: index of the first garment (disjoint ranges give disjoint sets, e.g. a held-out test set).
-        framing: centred (every garment the same size, centred) or varied (size 0.55 to 1 of the standard and place drawn per
-            garment, never cropped; no caption mentions them, so only a sketch can tell them).
+        framing: centred (every garment the same size, centred) or varied (size 0.55 to 1 of the standard and
+            place drawn per garment, never cropped; no caption mentions them, so only a sketch can tell them).
     """
-    filters = (*_check_synthesize_arguments(num, seed, size, start, categories, colors, patterns),
-               _allowed_framing(framing))
+    filters = _check_synthesize_arguments(num, seed, size, start, categories, colors, patterns)
+    _check_name(framing, FRAMINGS, "framing")
     out = Path(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     (out / "metadata.jsonl").unlink(missing_ok=True)  # an interrupted rewrite must not look like a finished one
-    rows = [_write_item(images, seed, index, size, filters) for index in range(start, start + num)]
+    rows = [_write_item(images, seed, index, size, filters, framing) for index in range(start, start + num)]
     _remove_stale(images, {Path(row["file_name"]).name for row in rows})
     _write_atomic(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return out
@@ -848,12 +843,13 @@ def _check_synthesize_arguments(num: int, seed: int, size: int, start: int, cate
             _allowed(patterns, PATTERNS, "patterns"))
 
 
-def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple) -> dict:
+def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple[tuple[str, ...], ...],
+                framing: str) -> dict:
     rng = np.random.default_rng([seed, index])  # one stream per item: independent of num and of other items
-    spec = sample_spec(rng, *filters[:3])
+    spec = sample_spec(rng, *filters)
     text = caption(spec, rng)
     render_seed = int(rng.integers(2**31))
-    spec = replace(spec, **sample_framing(rng, filters[3]))  # drawn last: a varied garment is a centred one moved
+    spec = replace(spec, **sample_framing(rng, framing))  # drawn last: a varied garment is a centred one moved
     item_id = f"synth_{index:06d}"
     _save_png(render_garment(spec, size, render_seed), images / f"{item_id}.png")
     row = {"file_name": f"images/{item_id}.png", "id": item_id, "text": text, "color_rgb": list(PALETTE[spec.color])}

@@ -117,8 +117,8 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
     catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
     catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its
     sketches with the LoRA fused (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on
-    held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation.
-    Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
+    held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware
+    and the evaluation. Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
 
     Args:
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
@@ -179,11 +179,11 @@ def _vae(out: Path, config: RecipeConfig) -> dict[str, Any]:
     report = out / "vae" / VAE_REPORT
     if not _finished_vae(report, config.vae):
         train_vae(config.vae, out / "catalogue_data", out / "vae", resume="latest")
-    return json.loads(report.read_text(encoding="utf-8"))
+    return _read_json(report)
 
 
 def _finished_vae(report: Path, vae: VaeTrainConfig) -> bool:
-    return report.is_file() and json.loads(report.read_text(encoding="utf-8"))["steps"] >= vae.max_steps
+    return report.is_file() and _read_json(report)["steps"] >= vae.max_steps
 
 
 def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
@@ -229,16 +229,16 @@ def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
     if not metrics.is_file() or metrics.stat().st_mtime < trained.stat().st_mtime:
         evaluate(out / "collection_data", str(out / FINAL_BASE), out / "eval", lora=out / "lora",
                  controlnet=out / "controlnet", limit=config.eval_items)
-    result = json.loads(metrics.read_text(encoding="utf-8"))
+    result = _read_json(metrics)
     return {"items": result["num_items"], "split": result["split"], "variants": result["variants"]}
 
 
 def _train_stage(folder: Path, steps: int, run: Any) -> dict[str, Any]:
     """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way."""
     result = folder / RESULT_NAME
-    if not (result.is_file() and json.loads(result.read_text(encoding="utf-8"))["steps"] >= steps):
+    if not (result.is_file() and _read_json(result)["steps"] >= steps):
         run()
-    return json.loads(result.read_text(encoding="utf-8"))
+    return _read_json(result)
 
 
 def _overrides(settings: dict[str, Any], config: RecipeConfig) -> dict[str, str]:
@@ -249,7 +249,7 @@ def _overrides(settings: dict[str, Any], config: RecipeConfig) -> dict[str, str]
 
 def _read_record(out: Path) -> dict[str, Any]:
     path = out / RECIPE_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return _read_json(path) if path.is_file() else {}
 
 
 def _write_record(out: Path, record: dict[str, Any]) -> None:
