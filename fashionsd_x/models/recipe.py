@@ -21,6 +21,7 @@ rates, more steps); RecipeConfig lists them and the model card records them with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -35,6 +36,7 @@ from fashionsd_x.models.tiny import TinyConfig
 
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
+INPUTS_NAME = "recipe_inputs.json"  # in a stage's folder: digests of the earlier stages' results it started from
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
 FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
 
@@ -69,7 +71,7 @@ class RecipeConfig:
         "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
     # Stage 2 continued with offset noise (fresh optimizer, another seed so the batches differ from stage 2's).
     refine_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 3000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 100, "snr_gamma": 5.0,
+        "max_steps": 9000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 100, "snr_gamma": 5.0,
         "noise_offset": 0.1, "caption_dropout": 0.1, "random_flip": True, "cache_latents": True,
         "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20,
         "seed": 1})
@@ -82,7 +84,7 @@ class RecipeConfig:
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
                                                    "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
     controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2500, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
+        "max_steps": 5000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20})
     seed: int = 0  # weights and every random draw of the training stages
@@ -191,7 +193,7 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
     if not (out / "base_init" / "model_index.json").is_file():
         init_base(out / "base_init", out / "vae" / "vae", config.model, config.seed)
-    return _train_stage(out / "base", config.base_settings["max_steps"], lambda: train_base(
+    return _train_stage(out / "base", config.base_settings["max_steps"], [out / "vae" / VAE_REPORT], lambda: train_base(
         out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
         overrides=_overrides(config.base_settings, config)))
 
@@ -199,7 +201,7 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
-    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], lambda: train_base(
+    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], [out / "base" / RESULT_NAME], lambda: train_base(
         out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
         overrides=_overrides(config.refine_settings, config)))
 
@@ -207,7 +209,7 @@ def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
-    return _train_stage(out / "lora", config.lora_settings["max_steps"], lambda: train_lora(
+    return _train_stage(out / "lora", config.lora_settings["max_steps"], [out / FINAL_BASE / RESULT_NAME], lambda: train_lora(
         out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
         overrides=_overrides(config.lora_settings, config)))
 
@@ -215,7 +217,8 @@ def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.controlnet import train_controlnet
 
-    return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], lambda: train_controlnet(
+    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME]
+    return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], inputs, lambda: train_controlnet(
         out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
         overrides=_overrides(config.controlnet_settings, config)))
 
@@ -233,10 +236,25 @@ def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
     return {"items": result["num_items"], "split": result["split"], "variants": result["variants"]}
 
 
-def _train_stage(folder: Path, steps: int, run: Any) -> dict[str, Any]:
-    """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way."""
-    result = folder / RESULT_NAME
+def _train_stage(folder: Path, steps: int, inputs: list[Path], run: Any) -> dict[str, Any]:
+    """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way.
+
+    INPUTS are the result files of the stages it starts from. FOLDER/recipe_inputs.json records their digests
+    when the stage starts; when one has changed since (an earlier stage was trained on), the stage's output and
+    checkpoints belong to the old inputs, so the folder is moved to FOLDER.stale (replacing an older one) and
+    the stage is trained again from the start.
+    """
+    result, recorded = folder / RESULT_NAME, folder / INPUTS_NAME
+    digests = {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in inputs}
+    if recorded.is_file() and _read_json(recorded) != digests:
+        stale = folder.with_name(f"{folder.name}.stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        folder.rename(stale)
+        print(f"{folder.name}: an earlier stage changed since it was trained; moved to {stale} and training again")
     if not (result.is_file() and _read_json(result)["steps"] >= steps):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not recorded.is_file():
+            recorded.write_text(json.dumps(digests, indent=2) + "\n", encoding="utf-8")
         run()
     return _read_json(result)
 

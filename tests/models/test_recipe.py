@@ -3,6 +3,7 @@ run skips what is finished, and the shipped folder is a model the standard diffu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -58,6 +59,21 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     card = (shipped / "README.md").read_text()
     assert "## Recipe" in card and "## Evaluation" in card
     assert json.loads((shipped / "demo" / "prompts.json").read_text())
+
+
+def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):
+    out = tmp_path / "recipe"
+    run_recipe(MINIATURE, out, stop_after="lora")
+    base_written, lora_written = _mtime(out / "base"), (out / "lora" / "train_result.json").stat().st_mtime_ns
+
+    longer = dataclasses.replace(MINIATURE, refine_settings={**MINIATURE.refine_settings, "max_steps": 3})
+    run_recipe(longer, out, stop_after="lora")
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["stages"]["refine"]["steps"] == 3  # continued from its checkpoint
+    assert _mtime(out / "base") == base_written  # the stage before it is untouched
+    assert (out / "lora.stale").is_dir()  # the stage after it is set aside and trained again
+    assert (out / "lora" / "train_result.json").stat().st_mtime_ns != lora_written
+    assert record["stages"]["lora"]["steps"] == 2
 
 
 def test_unknown_stage_is_refused(tmp_path):
