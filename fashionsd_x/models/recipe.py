@@ -120,7 +120,8 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
     catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its
     sketches with the LoRA fused (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on
     held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware
-    and the evaluation. Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
+    and the evaluation. Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it
+    again after a stop.
 
     Args:
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
@@ -193,7 +194,8 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
     if not (out / "base_init" / "model_index.json").is_file():
         init_base(out / "base_init", out / "vae" / "vae", config.model, config.seed)
-    return _train_stage(out / "base", config.base_settings["max_steps"], [out / "vae" / VAE_REPORT], lambda: train_base(
+    inputs = [out / "vae" / VAE_REPORT]
+    return _train_stage(out / "base", config.base_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
         overrides=_overrides(config.base_settings, config)))
 
@@ -201,7 +203,8 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
-    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], [out / "base" / RESULT_NAME], lambda: train_base(
+    inputs = [out / "base" / RESULT_NAME]
+    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
         overrides=_overrides(config.refine_settings, config)))
 
@@ -209,7 +212,8 @@ def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
-    return _train_stage(out / "lora", config.lora_settings["max_steps"], [out / FINAL_BASE / RESULT_NAME], lambda: train_lora(
+    inputs = [out / FINAL_BASE / RESULT_NAME]
+    return _train_stage(out / "lora", config.lora_settings["max_steps"], inputs, lambda: train_lora(
         out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
         overrides=_overrides(config.lora_settings, config)))
 
