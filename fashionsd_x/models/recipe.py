@@ -1,7 +1,8 @@
 """The embedded tiny model's recipe: synthetic data, a base from scratch, then the paper's LoRA and ControlNet.
 
 `fsdx train tiny` runs every stage in order and resumes where it stopped: a finished stage is skipped, an
-interrupted one continues from its newest checkpoint (every stage checkpoints as it goes). Stages:
+interrupted one continues from its newest checkpoint (every stage checkpoints as it goes), and one whose
+earlier stages were trained on since it started is moved to <stage>.stale and trained again. Stages:
     0. data: a synthetic "catalogue" (solid and striped garments) and a "new collection" (dotted and checked
        ones), each built into a sketch-augmented dataset with `fsdx data build`'s function;
     1. VAE: an AutoencoderKL pretrained from scratch on the catalogue (not in the paper, which starts from
@@ -115,11 +116,11 @@ def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
 def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_after: str | None = None) -> Path:
     """Train the embedded tiny FashionSD-X model from nothing, resuming where an earlier run stopped.
 
-    Stages (each skipped when finished, continued from its newest checkpoint when interrupted): synthetic
-    catalogue and new collection -> datasets; VAE from scratch; UNet + text encoder from scratch on the
-    catalogue, then on with offset noise; LoRA on the new collection (`fsdx train lora`); ControlNet on its
-    sketches with the LoRA fused (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on
-    held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware
+    Stages (each skipped when finished, continued from its newest checkpoint when interrupted, set aside and
+    trained again when a stage it starts from was trained on since): synthetic catalogue and new collection ->
+    datasets; VAE from scratch; UNet + text encoder from scratch on the catalogue, then on with offset noise;
+    LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
+    (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware
     and the evaluation. Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it
     again after a stop.
 
