@@ -120,9 +120,9 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
     trained again when a stage it starts from was trained on since): synthetic catalogue and new collection ->
     datasets; VAE from scratch; UNet + text encoder from scratch on the catalogue, then on with offset noise;
     LoRA on the new collection (`fsdx train lora`); ControlNet on its sketches with the LoRA fused
-    (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection garments. OUT/recipe.json records each stage's data size, steps, time, hardware
-    and the evaluation. Takes hours on a 2-core CPU and minutes on a GPU; run it in the background and run it
-    again after a stop.
+    (`fsdx train controlnet --lora`); `fsdx evaluate` of the three variants on held-out new-collection garments.
+    OUT/recipe.json records each stage's data size, steps, time, hardware and the evaluation. Takes hours on a
+    2-core CPU and minutes on a GPU; run it in the background and run it again after a stop.
 
     Args:
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
