@@ -150,7 +150,7 @@ def _stage_rows(stages: dict) -> list[str]:
 
 def _data_cell(name: str, figures: dict) -> str:
     counts = ", ".join(f"{split} {count}" for split, count in figures["rows"].items())
-    return f"{name}: {counts} ({', '.join(figures['patterns'])}; {figures.get('framing', 'centred')} framing)"
+    return f"{name}: {counts} ({', '.join(figures['patterns'])}; {figures['framing']} framing)"
 
 
 def _metric_rows(variants: dict) -> list[str]:

@@ -32,8 +32,9 @@ def single_thread(one_thread) -> None:
     """Torch on one thread (see tests/conftest.py)."""
 
 
-def _mtime(folder: Path) -> float:
-    return next((folder / "unet").glob("*.safetensors")).stat().st_mtime
+def _written(stage: Path) -> int:
+    """When the stage last finished training (core.train writes train_result.json last)."""
+    return (stage / "train_result.json").stat().st_mtime_ns
 
 
 def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_path):
@@ -41,12 +42,12 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     run_recipe(MINIATURE, out, stop_after="base")
     record = json.loads((out / "recipe.json").read_text())
     assert list(record["stages"]) == ["data", "vae", "base"] and not (out / "refine").exists()
-    base_written = _mtime(out / "base")
+    base_written = _written(out / "base")
 
     run_recipe(MINIATURE, out, ship_to=shipped)
     record = json.loads((out / "recipe.json").read_text())
     assert list(record["stages"]) == list(STAGES)
-    assert _mtime(out / "base") == base_written  # finished stages are not trained again
+    assert _written(out / "base") == base_written  # finished stages are not trained again
     assert record["stages"]["base"]["steps"] == 2 and record["stages"]["controlnet"]["steps"] == 2
     assert yaml.safe_load((out / "refine" / "train_config.yaml").read_text())["noise_offset"] == 0.1
     assert record["stages"]["data"]["collection"]["framing"] == "varied"
@@ -64,15 +65,15 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
 def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):
     out = tmp_path / "recipe"
     run_recipe(MINIATURE, out, stop_after="lora")
-    base_written, lora_written = _mtime(out / "base"), (out / "lora" / "train_result.json").stat().st_mtime_ns
+    base_written, lora_written = _written(out / "base"), _written(out / "lora")
 
     longer = dataclasses.replace(MINIATURE, refine_settings={**MINIATURE.refine_settings, "max_steps": 3})
     run_recipe(longer, out, stop_after="lora")
     record = json.loads((out / "recipe.json").read_text())
     assert record["stages"]["refine"]["steps"] == 3  # continued from its checkpoint
-    assert _mtime(out / "base") == base_written  # the stage before it is untouched
+    assert _written(out / "base") == base_written  # the stage before it is untouched
     assert (out / "lora.stale").is_dir()  # the stage after it is set aside and trained again
-    assert (out / "lora" / "train_result.json").stat().st_mtime_ns != lora_written
+    assert _written(out / "lora") != lora_written
     assert record["stages"]["lora"]["steps"] == 2
 
 
