@@ -38,6 +38,7 @@ from fashionsd_x.models.tiny import TinyConfig
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
 INPUTS_NAME = "recipe_inputs.json"  # in a stage's folder: digests of the earlier stages' results it started from
+DATA_SPEC_NAME = "recipe_data_spec.json"  # in a dataset's folder: the DataSpec it was built from
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
 FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
 
@@ -161,7 +162,7 @@ def _data(out: Path, config: RecipeConfig) -> dict[str, Any]:
     figures = {}
     for name, spec in (("catalogue", config.catalogue), ("collection", config.collection)):
         data, wanted = out / f"{name}_data", _jsonable(asdict(spec))
-        built = data / "recipe_data_spec.json"  # what the dataset was built from; another spec rebuilds it
+        built = data / DATA_SPEC_NAME  # what the dataset was built from; another spec rebuilds it
         if not (data / "build_report.json").is_file() or not built.is_file() or _read_json(built) != wanted:
             synthesize(out / name, num=spec.num, seed=spec.seed, size=config.resolution, patterns=spec.patterns,
                        framing=spec.framing)
@@ -195,7 +196,7 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
     if not (out / "base_init" / "model_index.json").is_file():
         init_base(out / "base_init", out / "vae" / "vae", config.model, config.seed)
-    inputs = [out / "vae" / VAE_REPORT]
+    inputs = [out / "vae" / VAE_REPORT, out / "catalogue_data" / DATA_SPEC_NAME]
     return _train_stage(out / "base", config.base_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
         overrides=_overrides(config.base_settings, config)))
@@ -204,7 +205,7 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
-    inputs = [out / "base" / RESULT_NAME]
+    inputs = [out / "base" / RESULT_NAME, out / "catalogue_data" / DATA_SPEC_NAME]
     return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
         overrides=_overrides(config.refine_settings, config)))
@@ -213,7 +214,7 @@ def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
-    inputs = [out / FINAL_BASE / RESULT_NAME]
+    inputs = [out / FINAL_BASE / RESULT_NAME, out / "collection_data" / DATA_SPEC_NAME]
     return _train_stage(out / "lora", config.lora_settings["max_steps"], inputs, lambda: train_lora(
         out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
         overrides=_overrides(config.lora_settings, config)))
@@ -222,7 +223,7 @@ def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.controlnet import train_controlnet
 
-    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME]
+    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME, out / "collection_data" / DATA_SPEC_NAME]
     return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], inputs, lambda: train_controlnet(
         out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
         overrides=_overrides(config.controlnet_settings, config)))
@@ -244,10 +245,11 @@ def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _train_stage(folder: Path, steps: int, inputs: list[Path], run: Any) -> dict[str, Any]:
     """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way.
 
-    INPUTS are the result files of the stages it starts from. FOLDER/recipe_inputs.json records their digests
-    when the stage starts; when one has changed since (an earlier stage was trained on), the stage's output and
-    checkpoints belong to the old inputs, so the folder is moved to FOLDER.stale (replacing an older one) and
-    the stage is trained again from the start.
+    INPUTS are the files it starts from: the results of earlier stages and the spec its dataset was built from.
+    FOLDER/recipe_inputs.json records their digests when the stage starts; when one has changed since (an
+    earlier stage was trained on, the dataset was rebuilt from another spec), the stage's output and checkpoints
+    belong to the old inputs, so the folder is moved to FOLDER.stale (replacing an older one) and the stage is
+    trained again from the start.
     """
     result, recorded = folder / RESULT_NAME, folder / INPUTS_NAME
     digests = {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in inputs}

@@ -77,6 +77,17 @@ def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):
     assert record["stages"]["lora"]["steps"] == 2
 
 
+def test_a_rebuilt_dataset_retrains_the_stages_that_learn_from_it(tmp_path):
+    out = tmp_path / "recipe"
+    run_recipe(MINIATURE, out, stop_after="lora")
+    base_written = _written(out / "base")
+
+    reseeded = dataclasses.replace(MINIATURE, collection=dataclasses.replace(MINIATURE.collection, seed=3))
+    run_recipe(reseeded, out, stop_after="lora")
+    assert _written(out / "base") == base_written  # the catalogue did not change
+    assert (out / "lora.stale").is_dir() and (out / "lora" / "train_result.json").is_file()
+
+
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="stop_after must be one of"):
         run_recipe(MINIATURE, tmp_path, stop_after="everything")
