@@ -26,7 +26,7 @@ from diffusers import (ControlNetModel, DDIMScheduler, DPMSolverMultistepSchedul
 from PIL import Image, PngImagePlugin
 from safetensors import safe_open
 
-from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, control_image
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.models.base import Base, load_base
@@ -61,6 +61,7 @@ class GenerationParams:
     sketch_sha256: str | None = None  # hash of the conditioning image, to check a replay uses the same one
     from_photo: bool = False  # the sketch was extracted from a photo with `sketch_config`
     sketch_config: dict = field(default_factory=lambda: SketchConfig().to_dict())  # extraction settings for photos
+    sketch_conditioning: dict | None = None  # how the sketch was normalised (the ControlNet's); None without sketch
     model: str = ""  # base as given
     lora: str | None = None  # LoRA folder or file
     controlnet: str | None = None  # ControlNet folder
@@ -151,7 +152,7 @@ class GarmentGenerator:
             if fuse_lora:
                 self.text_pipe.fuse_lora()  # merged into the UNet's weights: no LoRA cost per step
                 self.fused = True
-        self.controlnet, self.invert_sketch, self.sketch_config = _load_controlnet(controlnet, base)
+        self.controlnet, self.invert_sketch, self.sketch_config, self.conditioning = _load_controlnet(controlnet, base)
         self.control_pipe = None
         if self.controlnet is not None:
             self.control_pipe = StableDiffusionControlNetPipeline(
@@ -198,6 +199,7 @@ class GarmentGenerator:
             lora_scale=self.default_lora_scale if lora_scale is None else lora_scale,
             scheduler=scheduler, resolution=resolution, sketch=source, sketch_sha256=digest,
             from_photo=photo is not None, sketch_config=self.sketch_config.to_dict(), model=self.base.source,
+            sketch_conditioning=self.conditioning.to_dict() if conditioning is not None else None,
             lora=self.lora, controlnet=self.controlnet_path)
         self._set_lora_scale(params.lora_scale)
         images = self._run(params, conditioning, num_images)
@@ -213,7 +215,10 @@ class GarmentGenerator:
         image = _open(source)
         if is_photo:
             image = extract_sketch(pad_to_square(image, resolution), self.sketch_config)
-        tensor = control_image(image, resolution, invert=self.invert_sketch)
+        try:
+            tensor = control_image(image, resolution, self.invert_sketch, self.conditioning)
+        except BlankSketchError as error:
+            raise GenerationError(f"cannot use {_name(source)} as a sketch: {error}") from None
         digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
         return tensor, (str(source) if not isinstance(source, Image.Image) else None), digest
 
@@ -281,6 +286,10 @@ def _open(source: str | Path | Image.Image) -> Image.Image:
         raise GenerationError(f"cannot use {source} as a sketch or photo: {error}") from None
 
 
+def _name(source: str | Path | Image.Image) -> str:
+    return "the drawn image" if isinstance(source, Image.Image) else str(source)
+
+
 def _sketch_image(conditioning: torch.Tensor | None, inverted: bool) -> Image.Image | None:
     if conditioning is None:
         return None
@@ -325,9 +334,11 @@ def _check_lora_shapes(file: Path, unet: torch.nn.Module) -> None:
         raise GenerationError(f"LoRA {file} has no UNet LoRA weights in diffusers format")
 
 
-def _load_controlnet(path: str | Path | None, base: Base) -> tuple[ControlNetModel | None, bool, SketchConfig]:
+def _load_controlnet(path: str | Path | None,
+                     base: Base) -> tuple[ControlNetModel | None, bool, SketchConfig, SketchConditioning]:
+    """The ControlNet and how its sketches were made and conditioned in training (its train_config.yaml)."""
     if not path:
-        return None, False, SketchConfig()
+        return None, False, SketchConfig(), SketchConditioning()
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise GenerationError(f"no ControlNet at {folder} (expected a folder with config.json, as "
@@ -336,7 +347,9 @@ def _load_controlnet(path: str | Path | None, base: Base) -> tuple[ControlNetMod
     _check_controlnet(controlnet, base, folder)
     settings = yaml.safe_load((folder / "train_config.yaml").read_text()) if (folder / "train_config.yaml").is_file() else {}
     sketch = SketchConfig.from_dict(settings.get("sketch") or {})
-    return controlnet.eval(), bool(settings.get("invert_sketch", False)), sketch
+    # A ControlNet trained before normalisation existed has no sketch_conditioning: it gets the old resize only.
+    conditioning = SketchConditioning.from_dict(settings.get("sketch_conditioning"))
+    return controlnet.eval(), bool(settings.get("invert_sketch", False)), sketch, conditioning
 
 
 def _check_controlnet(controlnet: ControlNetModel, base: Base, folder: Path) -> None:

@@ -1,38 +1,231 @@
-"""Sketch -> the ControlNet conditioning tensor, the same in training and in generation.
+"""Sketch -> the ControlNet conditioning tensor, the same in training, generation, the studio and evaluation.
 
-ControlNet learns whatever polarity and scaling it is trained on, so a sketch fed at generation time must go
-through exactly the preprocessing it saw in training: `fashionsd_x.train.controlnet` builds every training
-batch with `control_image`, and the generation stage must call it too (never its own resize/normalise).
+ControlNet learns whatever it is trained on, so a sketch fed at generation time must go through exactly the
+preprocessing it saw in training: `fashionsd_x.train.controlnet` builds every training batch with
+`control_image`, and generation, the studio and the evaluation call it too (never their own resize).
 
-Polarity: sketches are stored as `extract_sketch` makes them, black lines (0) on white (255), and are given
-to the model that way: values in [0, 1] with lines near 0. `invert=True` (white lines on black) exists only
-for ControlNets trained with that polarity, e.g. community scribble models; a FashionSD-X ControlNet records
-the choice as `invert_sketch` in its train_config.yaml.
+Normalisation (`SketchConditioning`, on by default; recorded as `sketch_conditioning` in a ControlNet's
+train_config.yaml) makes any sketch a user brings look like what the model was trained on:
+    1. polarity: a sheet that is mostly dark is read as light lines on dark paper and flipped;
+    2. paper: the paper's brightness is estimated at a coarse scale (a grey max filter erases the lines) and
+       divided out, so off-white, textured or unevenly lit paper (a phone photo of a drawing) becomes white;
+    3. ink: a pixel is line when it is `ink_threshold` darker than the paper around it (a pencil line at 30%
+       grey counts); specks smaller than a line's dot are dropped;
+    4. scale: the line mask is padded to a centred square and brought to the model's side by area averaging,
+       with any coverage counting as line, so a 1 px line of a 2048 px scan survives at 128 px;
+    5. stroke: the lines are thinned to their 1 px centre line (Zhang and Suen 1984) and drawn again at
+       `line_width` of the side, so a 2 px tablet line and a 20 px marker line give the same conditioning.
+The result is strictly black lines (0) on white (1). `SketchConditioning(normalize=False)` is the old path
+(pad and resize only), which ControlNets trained before normalisation existed are fed.
+
+Polarity of the tensor: black lines (0) on white (1), as `extract_sketch` makes them. `invert=True` (white lines
+on black) exists only for ControlNets trained with that polarity, e.g. community scribble models; a FashionSD-X
+ControlNet records the choice as `invert_sketch` in its train_config.yaml.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from fashionsd_x.data.images import pad_to_square
+from fashionsd_x.data.images import pad_to_square, to_rgb
+
+PAPER_WORK_SIDE = 256  # the paper's brightness is estimated on a copy this size (it varies slowly)
 
 
-def control_image(sketch: Image.Image | np.ndarray, resolution: int, invert: bool = False) -> torch.Tensor:
-    """A sketch of any size and aspect ratio as a 3 x resolution x resolution float tensor in [0, 1].
+class BlankSketchError(ValueError):
+    """A sketch with no line on it: nothing for the model to follow."""
 
-    The sketch is padded with white to a centred square (never cropped, like the dataset's images), so a
+
+@dataclass(frozen=True)
+class SketchConditioning:
+    """How a sketch becomes conditioning; stored with every ControlNet and applied identically at generation."""
+
+    normalize: bool = True  # binarise against the paper, keep thin lines, one stroke width; False = resize only
+    line_width: float = 1 / 64  # stroke width of the normalised lines as a share of the side (2 px at 128)
+    ink_threshold: float = 0.15  # a pixel is line when this much darker than its paper (0 to 1 of the paper's light)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be true or false, got {self.normalize!r}")
+        if not 0 < self.line_width <= 0.1:
+            raise ValueError(f"line_width must be in (0, 0.1] of the side, got {self.line_width}")
+        if not 0 < self.ink_threshold < 1:
+            raise ValueError(f"ink_threshold must be in (0, 1), got {self.ink_threshold}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> SketchConditioning:
+        """From stored values; None is a ControlNet trained before normalisation existed (resize only)."""
+        if values is None:
+            return LEGACY
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown sketch_conditioning setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def stroke_pixels(self, resolution: int) -> int:
+        """The normalised lines' width in pixels at `resolution`."""
+        return max(1, round(self.line_width * resolution))
+
+
+LEGACY = SketchConditioning(normalize=False)
+
+
+def control_image(sketch: Image.Image | np.ndarray, resolution: int, invert: bool = False,
+                  conditioning: SketchConditioning = SketchConditioning()) -> torch.Tensor:
+    """A sketch of any size, aspect ratio, line and paper as a 3 x resolution x resolution float tensor in [0, 1].
+
+    The sketch is padded with paper to a centred square (never cropped, like the dataset's images), so a
     portrait sketch lines up with the garment the model draws. `np.ndarray` input is uint8, H x W or H x W x C.
     StableDiffusionControlNetPipeline takes the result as `image=` unchanged (its processor does not
-    re-normalise [0, 1] tensors).
+    re-normalise [0, 1] tensors). A sheet with no line raises BlankSketchError when normalising.
     """
     if isinstance(sketch, np.ndarray):
         sketch = Image.fromarray(_as_uint8(sketch))
-    square = pad_to_square(sketch.convert("RGB"), resolution)
-    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if conditioning.normalize:
+        lines = normalize_sketch(sketch, resolution, conditioning)
+        pixels = torch.from_numpy(lines.astype(np.float32) / 255.0)[None].expand(3, -1, -1).contiguous()
+    else:
+        square = pad_to_square(to_rgb(sketch), resolution)
+        pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
     # Inverting after padding keeps the padding the background colour of the chosen polarity.
     return 1.0 - pixels if invert else pixels
+
+
+def conditioning_preview(sketch: Image.Image | np.ndarray, resolution: int,
+                         conditioning: SketchConditioning = SketchConditioning()) -> Image.Image:
+    """What the model receives, as a black-on-white grayscale image (for `fsdx sketch --preview` and the studio)."""
+    tensor = control_image(sketch, resolution, False, conditioning)
+    return Image.fromarray((tensor[0].numpy() * 255).round().astype(np.uint8), mode="L")
+
+
+def normalize_sketch(sketch: Image.Image, resolution: int,
+                     conditioning: SketchConditioning = SketchConditioning()) -> np.ndarray:
+    """uint8 resolution x resolution: the sketch's lines (0) on white (255) at one stroke width (steps 1-5 above)."""
+    if resolution < 8:
+        raise ValueError(f"resolution must be at least 8, got {resolution}")
+    ink = ink_mask(sketch, conditioning.ink_threshold)
+    lines = _downscale_lines(_pad_square(ink), resolution)
+    if not lines.any():  # the lines were all below a pixel's share (a speck on a huge sheet)
+        raise BlankSketchError("the sketch has no line that shows at the model's resolution; draw larger or bolder")
+    return _stroke(thin_lines(lines), conditioning.stroke_pixels(resolution))
+
+
+def ink_mask(sketch: Image.Image, ink_threshold: float = 0.15) -> np.ndarray:
+    """Bool H x W: where the sketch has ink, whatever the paper, its lighting and the polarity (steps 1-3)."""
+    gray = np.asarray(to_rgb(sketch).convert("L"), dtype=np.float32) / 255.0
+    if float(np.median(gray)) < 0.5:  # mostly dark: light lines on dark paper
+        gray = 1.0 - gray
+    if min(gray.shape) >= 512:  # a scan or photo: a 3 px median removes paper grain, keeps any line
+        gray = cv2.medianBlur(np.ascontiguousarray(gray), 3)
+    darkness = 1.0 - gray / np.maximum(_paper(gray), 1e-3)
+    ink = darkness > ink_threshold
+    ink = _drop_specks(ink)
+    if not ink.any():
+        raise BlankSketchError("the sketch is blank: nothing on it is darker than the paper; draw some lines")
+    return ink
+
+
+def _paper(gray: np.ndarray) -> np.ndarray:
+    """The paper's brightness under every pixel: lines erased by a grey max filter at a coarse scale, smoothed."""
+    height, width = gray.shape
+    scale = min(1.0, PAPER_WORK_SIDE / max(height, width))
+    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    radius = max(2, round(max(small.shape) / 24))  # wider than any line, narrower than a lighting change
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
+    paper = cv2.dilate(small, kernel)
+    paper = cv2.GaussianBlur(paper, (0, 0), radius)
+    return cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _drop_specks(ink: np.ndarray) -> np.ndarray:
+    """Ink without blobs smaller than 1/2000 of the side squared (paper grain, dust); a pencil dot stays."""
+    area = max(1, round((max(ink.shape) / 2000) ** 2 * 40))
+    if area <= 1:
+        return ink
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= area
+    return keep[labels]
+
+
+def _pad_square(ink: np.ndarray) -> np.ndarray:
+    height, width = ink.shape
+    side = max(height, width)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = ink
+    return square
+
+
+def _downscale_lines(square: np.ndarray, resolution: int) -> np.ndarray:
+    """Bool resolution^2: a target pixel is line when a line covers half of what a 1 px source line would."""
+    side = square.shape[0]
+    if side == resolution:
+        return square > 0.5
+    interpolation = cv2.INTER_AREA if side > resolution else cv2.INTER_LINEAR
+    coverage = cv2.resize(square, (resolution, resolution), interpolation=interpolation)
+    return coverage > 0.5 * min(1.0, resolution / side)
+
+
+def thin_lines(lines: np.ndarray) -> np.ndarray:
+    """Bool: the 1 px centre lines of a bool mask (Zhang and Suen 1984, two sub-iterations until nothing changes).
+
+    Each sub-iteration codes every pixel's 8 neighbours as one byte (a 3 x 3 correlation with powers of two)
+    and looks up whether it may be removed, so the loop is a few array operations per pass.
+    """
+    image = lines.astype(np.uint8)
+    tables = _zhang_suen_tables()
+    for _ in range(max(image.shape)):
+        changed = False
+        for table in tables:
+            codes = cv2.filter2D(image, cv2.CV_32F, _NEIGHBOUR_WEIGHTS, borderType=cv2.BORDER_CONSTANT)
+            remove = (image == 1) & table[codes.astype(np.int32)]
+            if remove.any():
+                image[remove] = 0
+                changed = True
+        if not changed:
+            break
+    return image.astype(bool)
+
+
+# Neighbour weights for thin_lines: P2 (north) = 1, then clockwise P3 (north-east) = 2 ... P9 (north-west) = 128.
+_NEIGHBOUR_WEIGHTS = np.array([[128, 1, 2], [64, 0, 4], [32, 16, 8]], dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per neighbour byte: may the pixel go in sub-iteration 1, in sub-iteration 2."""
+    first, second = np.zeros(256, dtype=bool), np.zeros(256, dtype=bool)
+    for code in range(256):
+        p = [(code >> bit) & 1 for bit in range(8)]  # P2, P3, ..., P9
+        neighbours = sum(p)
+        transitions = sum(p[k] == 0 and p[(k + 1) % 8] == 1 for k in range(8))
+        if not (2 <= neighbours <= 6 and transitions == 1):
+            continue
+        first[code] = p[0] * p[2] * p[4] == 0 and p[2] * p[4] * p[6] == 0
+        second[code] = p[0] * p[2] * p[6] == 0 and p[0] * p[4] * p[6] == 0
+    return first, second
+
+
+def _stroke(centre: np.ndarray, width: int) -> np.ndarray:
+    """uint8: centre lines drawn `width` px wide, black (0) on white (255)."""
+    mask = centre.astype(np.uint8)
+    if width > 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE if width > 2 else cv2.MORPH_RECT, (width, width))
+        mask = cv2.dilate(mask, kernel)
+    return np.where(mask > 0, 0, 255).astype(np.uint8)
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

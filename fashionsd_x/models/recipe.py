@@ -41,6 +41,8 @@ INPUTS_NAME = "recipe_inputs.json"  # in a stage's folder: digests of the earlie
 DATA_SPEC_NAME = "recipe_data_spec.json"  # in a dataset's folder: the DataSpec it was built from
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
 FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
+BASE_STAGES = ("vae", "base", "refine")  # what --base-from takes from a finished model instead of training
+BASE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # a diffusers base
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class RecipeConfig:
 
     resolution: int = 128  # image side in pixels everywhere
     catalogue: DataSpec = DataSpec(8000, 1, ("solid", "stripes"))  # what the base learns from
-    collection: DataSpec = DataSpec(3000, 2, ("dots", "checks"), "varied")  # the LoRA and ControlNet's "new collection"
+    # The LoRA and ControlNet's "new collection": new prints beside plain garments, as a real collection has, so
+    # that the LoRA keeps "plain" meaning plain.
+    collection: DataSpec = DataSpec(3000, 2, ("solid", "dots", "checks"), "varied")
     vae: VaeTrainConfig = VaeTrainConfig(resolution=128, block_out_channels=(16, 32, 64), crop=64, batch_size=16,
                                          lr=5e-4, max_steps=2000, checkpoint_every=250)
     # UNet levels at 32, 16 and 8 latent pixels; cross-attention only at 8 (and the middle block): attention at
@@ -85,10 +89,12 @@ class RecipeConfig:
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
                                                    "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
+    # Sketches normalised (the default) and, for 70% of samples, redrawn in another style (data.augment), so the
+    # ControlNet follows a designer's outline as well as the dataset's own sketches.
     controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
         "max_steps": 5000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
-        "num_validation_images": 8, "validation_steps": 20})
+        "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
     seed: int = 0  # weights and every random draw of the training stages
     eval_items: int = 150  # held-out new-collection garments the final evaluation generates per variant
 
@@ -114,7 +120,8 @@ def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
     return out
 
 
-def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_after: str | None = None) -> Path:
+def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_after: str | None = None,
+               base_from: Path | None = None) -> Path:
     """Train the embedded tiny FashionSD-X model from nothing, resuming where an earlier run stopped.
 
     Stages (each skipped when finished, continued from its newest checkpoint when interrupted, set aside and
@@ -129,11 +136,15 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
         out: working folder of the recipe (datasets, stage outputs, checkpoints).
         ship: copy the finished model into the package (fashionsd_x/embedded), making it the default.
         stop_after: stop after this stage (data, vae, base, refine, lora, controlnet or evaluate).
+        base_from: a finished model of this recipe (e.g. fashionsd_x/embedded, with its recipe.json) whose base
+            is taken instead of training stages 1 to 3 again; only the LoRA and ControlNet are trained.
     """
-    return run_recipe(RecipeConfig(), Path(out), ship_to=EMBEDDED_DIR if ship else None, stop_after=stop_after)
+    return run_recipe(RecipeConfig(), Path(out), ship_to=EMBEDDED_DIR if ship else None, stop_after=stop_after,
+                      base_from=base_from)
 
 
-def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, stop_after: str | None = None) -> Path:
+def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, stop_after: str | None = None,
+               base_from: Path | None = None) -> Path:
     """train_tiny with any RecipeConfig (tests run a miniature one); ships to `ship_to` when given."""
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}")
@@ -141,6 +152,10 @@ def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, sto
     record["config"] = _jsonable(asdict(config))
     runners = {"data": _data, "vae": _vae, "base": _base, "refine": _refine, "lora": _lora,
                "controlnet": _controlnet, "evaluate": _evaluate}
+    if base_from is not None:
+        imported = _imported_stages(Path(base_from))
+        runners.update({stage: lambda out, config, stage=stage: _import_stage(out, Path(base_from), stage, imported)
+                        for stage in BASE_STAGES})
     for stage in STAGES:
         started = time.monotonic()
         figures = runners[stage](out, config)
@@ -172,6 +187,41 @@ def _data(out: Path, config: RecipeConfig) -> dict[str, Any]:
         figures[name] = {"rows": report["num_rows"], "patterns": list(spec.patterns), "framing": spec.framing,
                          "seed": spec.seed}
     return figures
+
+
+def _imported_stages(source: Path) -> dict[str, Any]:
+    """The base stages' figures recorded in a finished model's recipe.json (how its base was trained)."""
+    record = source / RECIPE_NAME
+    missing = [name for name in (RECIPE_NAME, *BASE_FILES) if not (source / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"base_from {source} is not a model made by this recipe (no {missing[0]}); "
+                                "give a folder such as fashionsd_x/embedded")
+    stages = _read_json(record).get("stages", {})
+    if any(stage not in stages for stage in BASE_STAGES):
+        raise ValueError(f"base_from {source}: its recipe.json does not record the stages {', '.join(BASE_STAGES)}")
+    return stages
+
+
+def _import_stage(out: Path, source: Path, stage: str, imported: dict[str, Any]) -> dict[str, Any]:
+    """A base stage taken from SOURCE: its recorded figures; the finished base is copied to OUT/refine once.
+
+    OUT/refine/train_result.json is SOURCE's refine record, so the LoRA and ControlNet stages see a finished
+    base, and a base taken from another model (another digest) sets them aside as after a retrain.
+    """
+    figures = {key: value for key, value in imported[stage].items() if key != "wall_seconds_this_run"}
+    if stage == FINAL_BASE and _read_json_or_none(out / FINAL_BASE / RESULT_NAME) != figures:
+        folder = out / FINAL_BASE
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in BASE_FILES:
+            copy = shutil.copytree if (source / name).is_dir() else shutil.copy2
+            copy(source / name, folder / name)
+        (folder / RESULT_NAME).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return {**figures, "imported_from": str(source)}
+
+
+def _read_json_or_none(path: Path) -> Any:
+    return _read_json(path) if path.is_file() else None
 
 
 def _read_json(path: Path) -> Any:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fashionsd_x.data.augment import SketchAugment
+from fashionsd_x.data.conditioning import SketchConditioning
 from fashionsd_x.data.sketch import SketchConfig
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -179,16 +181,40 @@ class ControlNetTrainConfig(TrainConfig):
     invert_sketch: bool = False  # feed white-on-black sketches (only for ControlNets trained that way)
     conditioning_scale: float = 1.0  # ControlNet residual scale for validation images
     sketch: dict[str, Any] | None = None  # the dataset's SketchConfig: generation sketches photos the same way
+    # How any sketch becomes conditioning (data.conditioning.SketchConditioning), in training and generation
+    # alike; null = resize only, as ControlNets trained before normalisation existed.
+    sketch_conditioning: dict[str, Any] | None = field(default_factory=lambda: SketchConditioning().to_dict())
+    # Sketch-style augmentation (data.augment.SketchAugment fields; {} = its defaults); null = off, the paper's.
+    sketch_augment: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.conditioning_scale >= 0:
             raise ConfigError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
         if self.sketch is not None:
-            try:
-                SketchConfig.from_dict(self.sketch)
-            except (ValueError, TypeError) as error:
-                raise ConfigError(f"sketch: {' '.join(str(error).split())}") from None
+            _parsed("sketch", SketchConfig.from_dict, self.sketch)
+        _parsed("sketch_conditioning", SketchConditioning.from_dict, self.sketch_conditioning)
+        augment = self.augmentation()
+        if augment is not None and augment.moves_garment() and self.cache_latents:
+            raise ConfigError("sketch_augment moves the garment (scale_range, shift), which cached latents cannot "
+                              "follow; set cache_latents false, or scale_range [1, 1] and shift 0")
+
+    def conditioning(self) -> SketchConditioning:
+        """The sketch normalisation this ControlNet is trained and used with."""
+        return SketchConditioning.from_dict(self.sketch_conditioning)
+
+    def augmentation(self) -> SketchAugment | None:
+        """The sketch-style augmentation, or None when off."""
+        if self.sketch_augment is None:
+            return None
+        return _parsed("sketch_augment", SketchAugment.from_dict, self.sketch_augment)
+
+
+def _parsed(name: str, parse: Any, values: Any) -> Any:
+    try:
+        return parse(values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{name}: {' '.join(str(error).split())}") from None
 
 
 def resolve_config(cls: type[C], path: Path | None, overrides: dict[str, str] | None = None, **explicit: Any) -> C:

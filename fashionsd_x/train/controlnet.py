@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
+from fashionsd_x.data.augment import augment_sample
 from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
 from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
-from fashionsd_x.train.data import dataset_sketch
+from fashionsd_x.train.data import dataset_sketch, derive_seed, image_tensor
 from fashionsd_x.train.lora import fuse_into_base
 
 CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetModel.save_pretrained writes
@@ -105,8 +108,27 @@ class ControlNetMethod(Method):
                                                  controlnet=self.unwrap(self.prepared[0]))
 
     def validation_inputs(self, sketch: Image.Image | None) -> dict:
-        image = control_image(sketch, self.config.resolution, self.config.invert_sketch)[None]
+        image = control_image(sketch, self.config.resolution, self.config.invert_sketch, self.config.conditioning())[None]
         return {"image": image, "controlnet_conditioning_scale": self.config.conditioning_scale}
+
+    def item_options(self) -> dict[str, Any]:
+        return {"conditioning": self.config.conditioning(), "raw_sketch": self.config.augmentation() is not None}
+
+    def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
+        """Sketch-style augmentation, then conditioning, per sample (sample k draws from (SEED, k))."""
+        augment = self.config.augmentation()
+        if augment is None:
+            return
+        device, config = batch["index"].device, self.config
+        controls, pixels = [], []
+        for k, (sketch, image) in enumerate(zip(batch.pop("sketch_raw"), batch.pop("image_raw"))):
+            sketch, image = augment_sample(sketch, image, augment, np.random.default_rng(derive_seed(seed, k)))
+            controls.append(control_image(sketch, config.resolution, config.invert_sketch, config.conditioning()))
+            if augment.moves_garment():
+                pixels.append(image_tensor(Image.fromarray(image), config.resolution))
+        batch["control"] = torch.stack(controls).to(device)
+        if augment.moves_garment():  # the photo moved with its sketch
+            batch["pixels"] = torch.stack(pixels).to(device)
 
     def enable_gradient_checkpointing(self) -> None:
         # The frozen UNet's activations are kept for the backward pass into the residuals too.

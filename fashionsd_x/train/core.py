@@ -45,12 +45,13 @@ from fashionsd_x.train.card import write_card
 from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, load_checkpoint,
                                            read_state, save_checkpoint)
 from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
-from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, derive_seed, open_dataset, tokenize,
-                                    validation_samples)
+from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, collate, derive_seed, open_dataset,
+                                    tokenize, validation_samples)
 
 CONFIG_NAME = "train_config.yaml"
 RESULT_NAME = "train_result.json"
 CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # the resolved config (YAML) inside every weights file
+AUGMENT_STREAM = 0xA06  # seeds the per-sample augmentation apart from the step's other draws
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -123,6 +124,13 @@ class Method(ABC):
 
     def validation_inputs(self, sketch: Image.Image | None) -> dict[str, Any]:
         return {}
+
+    def item_options(self) -> dict[str, Any]:
+        """Extra TrainItems options of this method (ControlNet: how sketches are conditioned)."""
+        return {}
+
+    def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
+        """Complete a micro-batch in place before the loss, drawing only from SEED (ControlNet: augmentation)."""
 
     def enable_gradient_checkpointing(self) -> None:
         for module in self.trainable():
@@ -230,10 +238,10 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         cached_text = cache is not None and not method.trains_text_encoder
         items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,
                            invert_sketch=getattr(config, "invert_sketch", False), cache=cache,
-                           cached_text=cached_text)
+                           cached_text=cached_text, **method.item_options())
         loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, drop_last=False,
                                              sampler=EpochSampler(len(items), config.seed),
-                                             num_workers=config.dataloader_workers)
+                                             num_workers=config.dataloader_workers, collate_fn=collate)
         # 5. Optimizer and LR schedule over the trainable parameters; accelerate wraps models, optimizer, loader.
         optimizer = make_optimizer(config, method.trainable())
         *models, optimizer, loader = accelerator.prepare(*method.trainable(), optimizer, loader)
@@ -381,6 +389,9 @@ def compute_loss(s: Session, batch: dict[str, torch.Tensor], index: int) -> torc
     # anything a resumed run could restore differently.
     generator = torch.Generator().manual_seed(derive_seed(config.seed, index, s.accelerator.process_index))
     size = batch["index"].shape[0]
+    # Per-sample augmentation (ControlNet sketches) draws from its own stream of the same (seed, micro-batch,
+    # process), so enabling it leaves every draw below as it was.
+    s.method.prepare_batch(batch, derive_seed(config.seed, index, s.accelerator.process_index, AUGMENT_STREAM))
     flips = torch.rand(size, generator=generator) < 0.5 if config.random_flip else torch.zeros(size, dtype=torch.bool)
     drops = torch.rand(size, generator=generator) < config.caption_dropout
     latents = encode_images(s, batch, flips, generator)

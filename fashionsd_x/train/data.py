@@ -16,8 +16,8 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from PIL import Image
 
 from fashionsd_x.data.build import REPORT_NAME
-from fashionsd_x.data.conditioning import control_image
-from fashionsd_x.data.images import pad_to_square
+from fashionsd_x.data.conditioning import SketchConditioning, control_image
+from fashionsd_x.data.images import pad_to_square, to_rgb
 
 REQUIRED_COLUMNS = ("image", "text")
 
@@ -77,17 +77,21 @@ class TrainItems(torch.utils.data.Dataset):
     """Sample i of the train split as tensors: from the latent cache when given, else decoded from the images.
 
     Keys: index; pixels (uncached) or latent_mean + latent_std (cached); input_ids, or the cached caption
-    embedding `text` when `cached_text`; control (ControlNet).
+    embedding `text` when `cached_text`; control (ControlNet), or with `raw_sketch` the dataset's sketch and
+    photo as uint8 arrays (sketch_raw, image_raw) for the training step to augment and condition.
     """
 
     def __init__(self, split: Dataset, tokenizer: Any, resolution: int, control: bool = False,
-                 invert_sketch: bool = False, cache: Any = None, cached_text: bool = True) -> None:
+                 invert_sketch: bool = False, cache: Any = None, cached_text: bool = True,
+                 conditioning: SketchConditioning = SketchConditioning(), raw_sketch: bool = False) -> None:
         self.cached_text = cache is not None and cached_text
-        self.columns = (([] if cache is not None else ["image"]) + ([] if self.cached_text else ["text"])
-                        + (["sketch"] if control else []))
+        self.raw_sketch = control and raw_sketch
+        self.columns = (([] if cache is not None and not self.raw_sketch else ["image"])
+                        + ([] if self.cached_text else ["text"]) + (["sketch"] if control else []))
         # Only the needed columns are decoded: a cached LoRA run never touches an image.
         self.split = split.select_columns(self.columns) if self.columns else split
         self.tokenizer, self.resolution, self.invert_sketch, self.cache = tokenizer, resolution, invert_sketch, cache
+        self.conditioning = conditioning
 
     def __len__(self) -> int:
         return self.split.num_rows
@@ -102,9 +106,21 @@ class TrainItems(torch.utils.data.Dataset):
         if not self.cached_text:
             item.pop("text", None)
             item["input_ids"] = tokenize(self.tokenizer, [row["text"] or ""])[0]
-        if "sketch" in row:
-            item["control"] = control_image(row["sketch"], self.resolution, self.invert_sketch)
+        if self.raw_sketch:
+            item["sketch_raw"] = np.asarray(row["sketch"].convert("L"))
+            item["image_raw"] = np.asarray(to_rgb(row["image"]))
+        elif "sketch" in row:
+            item["control"] = control_image(row["sketch"], self.resolution, self.invert_sketch, self.conditioning)
         return item
+
+
+RAW_KEYS = ("sketch_raw", "image_raw")  # per-sample arrays that stay lists in a batch (sizes may differ)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The default collation, except that raw sketches and photos stay lists of arrays."""
+    raw = {key: [item.pop(key) for item in items] for key in RAW_KEYS if key in items[0]}
+    return {**torch.utils.data.default_collate(items), **raw}
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -11,14 +11,16 @@ import yaml
 from datasets import load_from_disk
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.data.conditioning import LEGACY, SketchConditioning, control_image
 from fashionsd_x.models.base import load_base
+from fashionsd_x.train.config import ConfigError
 from fashionsd_x.train.controlnet import CONTROLNET_WEIGHTS, train_controlnet
 from fashionsd_x.train.data import TrainItems
 from fashionsd_x.train.lora import LoraMismatchError, fuse_into_base
-from tests.train.conftest import render
+from tests.train.conftest import FAST, RUN, render
 
 
 def sketch(kind: str) -> Image.Image:
@@ -80,12 +82,63 @@ def test_lora_of_another_architecture_is_refused_before_training(garments, other
     assert not (out / CONTROLNET_WEIGHTS).exists() and not (out / "checkpoints").exists()
 
 
-def test_training_samples_use_the_stored_sketch_unchanged(garments, tiny_base):
+def test_training_samples_are_conditioned_as_generation_conditions_sketches(garments, tiny_base):
     split = load_from_disk(str(garments))["train"]
     tokenizer = CLIPTokenizer.from_pretrained(tiny_base / "tokenizer")
     item = TrainItems(split, tokenizer, resolution=32, control=True)[0]
+    assert torch.equal(item["control"], control_image(split[0]["sketch"], 32))  # the one normalisation
+    legacy = TrainItems(split, tokenizer, resolution=32, control=True, conditioning=LEGACY)[0]
     stored = np.asarray(split[0]["sketch"], dtype=np.float32) / 255.0
-    assert torch.equal(item["control"][0], torch.from_numpy(stored))  # polarity and values as stored
+    assert torch.equal(legacy["control"][0], torch.from_numpy(stored))  # resize only: polarity and values as stored
+
+
+AUGMENT = {"sketch_augment": "{probability: 1.0, pencil_probability: 0.5}", "random_flip": "true", **FAST}
+
+
+def test_augmented_training_repeats_exactly_and_is_recorded(garments, tiny_base, tmp_path):
+    runs = [train_controlnet(garments, str(tiny_base), tmp_path / name, overrides=AUGMENT, **RUN) for name in "ab"]
+    plain = train_controlnet(garments, str(tiny_base), tmp_path / "plain", overrides=FAST, **RUN)
+    weights = [load_file(tmp_path / name / CONTROLNET_WEIGHTS) for name in ("a", "b", "plain")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])  # a function of (seed, step)
+    assert any(not torch.equal(weights[0][key], weights[2][key]) for key in weights[0])  # the sketches changed
+    assert runs[0].final_loss == runs[1].final_loss and plain.final_loss != runs[0].final_loss
+    settings = yaml.safe_load((tmp_path / "a" / "train_config.yaml").read_text())
+    assert settings["sketch_augment"] == {"probability": 1.0, "pencil_probability": 0.5}
+    assert settings["sketch_conditioning"] == SketchConditioning().to_dict()
+
+
+def test_augmented_training_resumes_exactly(garments, tiny_base, tmp_path):
+    overrides = {**AUGMENT, "checkpoint_every": "2"}
+    train_controlnet(garments, str(tiny_base), tmp_path / "whole", overrides=overrides, **RUN)
+    train_controlnet(garments, str(tiny_base), tmp_path / "split", overrides=overrides, **{**RUN, "max_steps": 2})
+    train_controlnet(garments, str(tiny_base), tmp_path / "split", overrides=overrides, resume="latest", **RUN)
+    whole, split = (load_file(tmp_path / name / CONTROLNET_WEIGHTS) for name in ("whole", "split"))
+    assert all(torch.equal(whole[key], split[key]) for key in whole)
+
+
+def test_moving_garments_need_uncached_latents(garments, tiny_base, tmp_path):
+    with pytest.raises(ConfigError, match="cache_latents"):
+        train_controlnet(garments, str(tiny_base), tmp_path / "out", cache_latents=True,
+                         overrides={"sketch_augment": "{shift: 0.1}", **FAST}, **RUN)
+    moved = train_controlnet(garments, str(tiny_base), tmp_path / "moved",
+                             overrides={"sketch_augment": "{scale_range: [0.6, 1.0], shift: 0.1}", **FAST}, **RUN)
+    assert np.isfinite(moved.final_loss)
+
+
+def test_generation_conditions_sketches_as_the_controlnet_was_trained(trained_controlnet, tiny_base):
+    from fashionsd_x.generate import GarmentGenerator
+
+    out, _ = trained_controlnet
+    generator = GarmentGenerator.load(tiny_base, controlnet=out, device="cpu", dtype=torch.float32)
+    assert generator.conditioning == SketchConditioning()
+    settings = yaml.safe_load((out / "train_config.yaml").read_text())
+    old = out.parent / "old"  # a ControlNet trained before normalisation: its config has no sketch_conditioning
+    old.mkdir()
+    for name in ("config.json", CONTROLNET_WEIGHTS):
+        (old / name).write_bytes((out / name).read_bytes())
+    settings.pop("sketch_conditioning")
+    (old / "train_config.yaml").write_text(yaml.safe_dump(settings))
+    assert GarmentGenerator.load(tiny_base, controlnet=old, device="cpu", dtype=torch.float32).conditioning == LEGACY
 
 
 def test_trained_models_load_in_the_projects_generator(trained_controlnet, trained_lora, tiny_base):

@@ -1,0 +1,88 @@
+"""Sketch-style augmentation: varied, valid sketches of the same garment, a pure function of the seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionsd_x.data.augment import SketchAugment, augment_sample, outline, silhouette
+from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.data.sketch import extract_sketch
+from fashionsd_x.data.synth import GarmentSpec, render_garment
+
+
+@pytest.fixture(scope="module")
+def garment() -> tuple[np.ndarray, np.ndarray]:
+    """(sketch, photo) of a dotted dress at 128 px, as a dataset row holds them."""
+    spec = GarmentSpec(category="dress", color="red", pattern="dots", pattern_color="white", width=0.5, length=0.6,
+                       flare=0.5, neckline=0.5, sleeve_length=0.3)
+    photo = render_garment(spec, 128)
+    return np.asarray(extract_sketch(photo)), np.asarray(photo)
+
+
+def styles(garment, augment: SketchAugment, seeds=range(12)) -> list[np.ndarray]:
+    sketch, photo = garment
+    return [augment_sample(sketch, photo, augment, np.random.default_rng(seed))[0] for seed in seeds]
+
+
+def test_augmentation_is_a_pure_function_of_the_seed(garment):
+    augment = SketchAugment(probability=1.0)
+    first, again, other = styles(garment, augment), styles(garment, augment), styles(garment, augment, range(12, 24))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_restyled_sketches_differ_and_stay_on_the_garment(garment):
+    sketch, photo = garment
+    region = silhouette(photo)
+    drawn = styles(garment, SketchAugment(probability=1.0, scale_range=(1.0, 1.0)))
+    assert len({item.tobytes() for item in drawn}) == len(drawn)  # twelve different drawings
+    for item in drawn:
+        assert item.shape == sketch.shape and item.dtype == np.uint8
+        ink = control_image(item, 128)[0].numpy() < 0.5  # every style survives normalisation
+        grown = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize((128, 128))) > 0
+        assert ink.any() and (ink & ~_dilate(grown, 6)).mean() < 0.01  # lines stay on and around the garment
+
+
+def test_outline_only_drops_the_print(garment):
+    sketch, photo = garment
+    only = SketchAugment(probability=1.0, outline_probability=1.0, extractor_probability=0.0, stroke_probability=0.0,
+                         wobble_probability=0.0, gap_probability=0.0, pencil_probability=0.0)
+    drawn = augment_sample(sketch, photo, only, np.random.default_rng(0))[0] < 128
+    assert np.array_equal(drawn, outline(silhouette(photo)))
+    assert drawn.sum() < 0.5 * (sketch < 128).sum()  # the dots of the print are gone
+
+
+def test_pencil_style_is_grey_on_off_white(garment):
+    sketch, photo = garment
+    pencil = SketchAugment(probability=1.0, pencil_probability=1.0, outline_probability=0.0, extractor_probability=0.0)
+    drawn = augment_sample(sketch, photo, pencil, np.random.default_rng(1))[0]
+    assert drawn.min() > 40 and np.median(drawn) < 252  # grey lines, paper not pure white
+
+
+def test_moving_the_garment_moves_photo_and_sketch_together(garment):
+    sketch, photo = garment
+    move = SketchAugment(probability=0.0, scale_range=(0.6, 0.6), shift=0.1)
+    moved_sketch, moved_photo = augment_sample(sketch, photo, move, np.random.default_rng(3))
+    assert silhouette(moved_photo).sum() < 0.5 * silhouette(photo).sum()
+    lines = moved_sketch < 128
+    assert (lines & ~_dilate(silhouette(moved_photo), 2)).mean() < 0.002
+
+
+def test_settings_are_checked():
+    assert SketchAugment.from_dict(SketchAugment().to_dict()) == SketchAugment()
+    with pytest.raises(ValueError, match="probability"):
+        SketchAugment(probability=1.5)
+    with pytest.raises(ValueError, match="extractors"):
+        SketchAugment(extractors=("sobel",))
+    with pytest.raises(ValueError, match="unknown"):
+        SketchAugment.from_dict({"wobbel_probability": 0.1})
+    assert SketchAugment(shift=0.1).moves_garment() and not SketchAugment().moves_garment()
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
