@@ -24,8 +24,10 @@ from typing import Any, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image
 
+from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, to_rgb
 
 SKETCH_METHODS = ("adaptive", "canny", "xdog")
@@ -268,8 +270,14 @@ def sketch_files(
     block_size: int = 11,
     offset: float = 2.0,
     invert: bool = False,
+    preview: bool = False,
+    resolution: int = 512,
+    controlnet: Path | None = None,
 ) -> SketchReport:
     """Extract a sketch (black lines on white, same size) from every image in PATHs into PNGs under OUT.
+
+    With --preview the inputs are sketches, as `fsdx generate --sketch` takes them, and each PNG shows exactly
+    what a ControlNet receives: the sketch normalised (paper, polarity, line width) at its resolution.
 
     A folder is searched recursively and keeps its sub-folders (PATH/a/b.jpg -> OUT/a/b.png); a file becomes
     OUT/<stem>.png. Unreadable files, and inputs whose output name is already taken in this run, are
@@ -283,13 +291,34 @@ def sketch_files(
         block_size: adaptive threshold neighbourhood in pixels (odd, at least 3).
         offset: adaptive threshold constant subtracted from the local Gaussian-weighted mean.
         invert: write white lines on black instead.
+        preview: write what a ControlNet receives from these sketches instead of extracting sketches.
+        resolution: the preview's side in pixels (the ControlNet's training resolution).
+        controlnet: a ControlNet folder trained by `fsdx train controlnet`: its train_config.yaml gives the
+            preview's normalisation and resolution (without it: the default normalisation at --resolution).
     """
     config = SketchConfig(method=method, block_size=block_size, offset=offset, invert=invert)
+    if preview:
+        return write_sketches(paths, out, config, preview=preview_settings(resolution, controlnet))
     return write_sketches(paths, out, config)
 
 
-def write_sketches(paths: Sequence[Path], out: Path, config: SketchConfig | None = None) -> SketchReport:
-    """sketch_files with every SketchConfig setting available; raises FileNotFoundError for a missing path."""
+def preview_settings(resolution: int, controlnet: Path | None) -> tuple[int, SketchConditioning]:
+    """(side, normalisation) of a preview: a ControlNet's recorded ones, else the defaults at RESOLUTION."""
+    if controlnet is None:
+        return resolution, SketchConditioning()
+    path = Path(controlnet) / "train_config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no train_config.yaml in {controlnet}; give a folder `fsdx train controlnet` wrote")
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return int(settings.get("resolution", resolution)), SketchConditioning.from_dict(settings.get("sketch_conditioning"))
+
+
+def write_sketches(paths: Sequence[Path], out: Path, config: SketchConfig | None = None,
+                   preview: tuple[int, SketchConditioning] | None = None) -> SketchReport:
+    """sketch_files with every SketchConfig setting available; raises FileNotFoundError for a missing path.
+
+    PREVIEW (side, normalisation): write the conditioning of each input sketch instead of extracting one.
+    """
     config = config or SketchConfig()
     out = Path(out)
     report = SketchReport(out=out, config=config)
@@ -297,7 +326,7 @@ def write_sketches(paths: Sequence[Path], out: Path, config: SketchConfig | None
     claimed: dict[Path, Path] = {}  # output file -> the input that wrote it: never overwrite silently
     for source, relative in sources:
         target = out / relative.with_suffix(".png")
-        reason = _refusal(source, target, claimed) or _write_sketch(source, target, config)
+        reason = _refusal(source, target, claimed) or _write_sketch(source, target, config, preview)
         if reason:
             report.skipped.append((str(source), reason))
         else:
@@ -317,14 +346,16 @@ def _refusal(source: Path, target: Path, claimed: dict[Path, Path]) -> str:
     return ""
 
 
-def _write_sketch(source: Path, target: Path, config: SketchConfig) -> str:
-    """Sketch one file into `target`; the loader's one-line reason instead when the file is unusable."""
+def _write_sketch(source: Path, target: Path, config: SketchConfig,
+                  preview: tuple[int, SketchConditioning] | None = None) -> str:
+    """Sketch (or preview) one file into `target`; a one-line reason instead when the file is unusable."""
     try:
         image = load_image(source)
-    except ImageLoadError as error:
+        made = extract_sketch(image, config) if preview is None else conditioning_preview(image, *preview)
+    except (ImageLoadError, BlankSketchError) as error:
         return str(error)
     target.parent.mkdir(parents=True, exist_ok=True)
-    extract_sketch(image, config).save(target, format="PNG")
+    made.save(target, format="PNG")
     return ""
 
 

@@ -97,6 +97,7 @@ class RecipeConfig:
         "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
     seed: int = 0  # weights and every random draw of the training stages
     eval_items: int = 150  # held-out new-collection garments the final evaluation generates per variant
+    style_items: int = 24  # sketches per style of the sketch-style benchmark the final evaluation also runs
 
 
 def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
@@ -280,16 +281,38 @@ def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
 
 def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
-    """The paper's comparison (vanilla, LoRA, LoRA + ControlNet) on the new collection's test split."""
+    """The paper's comparison (vanilla, LoRA, LoRA + ControlNet) on the new collection's test split, and on the
+    sketch-style benchmark (designers' sketches drawn by other code), both redone when a model stage changed."""
+    from fashionsd_x.data.sketch_styles import make_sketch_styles
     from fashionsd_x.evaluate.protocol import evaluate
 
-    metrics = out / "eval" / "metrics.json"
-    trained = out / "controlnet" / RESULT_NAME
-    if not metrics.is_file() or metrics.stat().st_mtime < trained.stat().st_mtime:
-        evaluate(out / "collection_data", str(out / FINAL_BASE), out / "eval", lora=out / "lora",
-                 controlnet=out / "controlnet", limit=config.eval_items)
-    result = _read_json(metrics)
-    return {"items": result["num_items"], "split": result["split"], "variants": result["variants"]}
+    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME, out / "controlnet" / RESULT_NAME,
+              out / "collection_data" / DATA_SPEC_NAME]
+    styles = out / "sketch_styles"
+    if not (styles / "dataset_dict.json").is_file():
+        make_sketch_styles(styles, per_style=config.style_items, seed=config.seed, resolution=config.resolution)
+    figures = {}
+    for name, data, limit in (("eval", out / "collection_data", config.eval_items), ("eval_styles", styles, None)):
+        folder = out / name
+        if not _fresh(folder, inputs):  # images of earlier weights must not be scored again
+            shutil.rmtree(folder, ignore_errors=True)
+            evaluate(data, str(out / FINAL_BASE), folder, lora=out / "lora", controlnet=out / "controlnet",
+                     limit=limit)
+            (folder / INPUTS_NAME).write_text(json.dumps(_digests(inputs), indent=2) + "\n", encoding="utf-8")
+        result = _read_json(folder / "metrics.json")
+        figures[name] = {"items": result["num_items"], "split": result["split"], "variants": result["variants"],
+                         **({"by_style": result["by_style"]} if "by_style" in result else {})}
+    return {**figures["eval"], "styles": figures["eval_styles"]}
+
+
+def _fresh(folder: Path, inputs: list[Path]) -> bool:
+    """True when FOLDER holds finished metrics made from exactly these inputs."""
+    recorded = folder / INPUTS_NAME
+    return (folder / "metrics.json").is_file() and recorded.is_file() and _read_json(recorded) == _digests(inputs)
+
+
+def _digests(inputs: list[Path]) -> dict[str, str]:
+    return {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in inputs}
 
 
 def _train_stage(folder: Path, steps: int, inputs: list[Path], run: Any) -> dict[str, Any]:
@@ -302,7 +325,7 @@ def _train_stage(folder: Path, steps: int, inputs: list[Path], run: Any) -> dict
     trained again from the start.
     """
     result, recorded = folder / RESULT_NAME, folder / INPUTS_NAME
-    digests = {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in inputs}
+    digests = _digests(inputs)
     if recorded.is_file() and _read_json(recorded) != digests:
         stale = folder.with_name(f"{folder.name}.stale")
         shutil.rmtree(stale, ignore_errors=True)

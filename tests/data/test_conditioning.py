@@ -138,3 +138,19 @@ def test_settings_are_checked_and_round_trip():
         SketchConditioning(line_width=0)
     with pytest.raises(ValueError, match="unknown"):
         SketchConditioning.from_dict({"width": 2})
+
+
+def test_fsdx_sketch_preview_writes_what_the_controlnet_receives(tmp_path):
+    from fashionsd_x.models.embedded import EMBEDDED_DIR
+    from tests.test_cli import fsdx
+
+    Image.fromarray(outline(1024, 0.003)).save(tmp_path / "drawing.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(tmp_path / "blank.png")
+    result = fsdx("sketch", tmp_path / "drawing.png", tmp_path / "blank.png", "--preview", "--controlnet",
+                  EMBEDDED_DIR / "controlnet", "--out", tmp_path / "preview")
+    assert result.returncode == 0, result.stderr
+    written = Image.open(tmp_path / "preview" / "drawing.png")
+    assert written.size == (128, 128)  # the embedded ControlNet's resolution
+    assert "blank" in result.stdout and not (tmp_path / "preview" / "blank.png").exists()  # skipped, with reason
+    expected = conditioning_preview(Image.open(tmp_path / "drawing.png"), 128)
+    assert np.array_equal(np.asarray(written), np.asarray(expected))

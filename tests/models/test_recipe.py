@@ -19,11 +19,12 @@ from fashionsd_x.models.tiny import TinyConfig
 FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_images": 0, "checkpoint_every": 1,
        "keep_checkpoints": 1}
 MINIATURE = RecipeConfig(
-    resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("dots", "checks"), "varied"),
+    resolution=32, catalogue=DataSpec(16, 1, ("solid", "stripes")), collection=DataSpec(16, 2, ("solid", "dots", "checks"), "varied"),
     vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), crop=16, batch_size=4, max_steps=2,
                        checkpoint_every=1),
     model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
-    base_settings=dict(FEW), refine_settings={**FEW, "noise_offset": 0.1}, controlnet_settings=dict(FEW), eval_items=2,
+    base_settings=dict(FEW), refine_settings={**FEW, "noise_offset": 0.1}, eval_items=2, style_items=1,
+    controlnet_settings={**FEW, "sketch_augment": {"probability": 0.7}},
     lora_settings={**FEW, "rank": 2, "target_modules": RecipeConfig().lora_settings["target_modules"]})
 
 
@@ -60,6 +61,17 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     card = (shipped / "README.md").read_text()
     assert "## Recipe" in card and "## Evaluation" in card
     assert json.loads((shipped / "demo" / "prompts.json").read_text())
+    styles = record["stages"]["evaluate"]["styles"]
+    assert len(styles["by_style"]) >= 6 and set(styles["variants"]) == {"vanilla", "lora", "fashionsd-x"}
+    assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["sketch_augment"]
+
+    # A second recipe takes the shipped base instead of training stages 1 to 3, and trains LoRA and ControlNet.
+    again = tmp_path / "again"
+    run_recipe(MINIATURE, again, stop_after="lora", base_from=shipped)
+    record = json.loads((again / "recipe.json").read_text())
+    assert not (again / "vae").exists() and not (again / "base").exists()
+    assert record["stages"]["refine"]["imported_from"] == str(shipped)
+    assert (again / "refine" / "unet").is_dir() and record["stages"]["lora"]["steps"] == 2
 
 
 def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):
