@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -21,6 +22,13 @@ def data_build(result: Any) -> int:
 
 def data_synth(out: Any) -> int:
     print(f"synthetic garments written to {out} (images/ and metadata.jsonl; build with --source folder)")
+    return 0
+
+
+def data_sketch_styles(out: Any) -> int:
+    counts = json.loads((out / "sketch_styles.json").read_text(encoding="utf-8"))["counts"]
+    print(f"sketch-style benchmark written to {out} ({', '.join(f'{s}: {n}' for s, n in counts.items())}); "
+          f"score a model on it with fsdx evaluate --data {out}")
     return 0
 
 

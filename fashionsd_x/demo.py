@@ -2,7 +2,9 @@
 
 The sketches and prompts ship with the model (fashionsd_x/embedded/demo): a t-shirt, a dress, trousers and a
 skirt, drawn by the synthetic-garment renderer from seeds no training stage used and sketched by the dataset
-stage's extractor, each asked for in several colours with the print of the model's new collection it shows.
+stage's extractor, each asked for in several colours with the print of the model's new collection it shows;
+then a row of sketches drawn the way designers draw (a shaky outline with breaks, a fine line on a large sheet),
+made by the sketch-style benchmark's code, each with one prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fashionsd_x.data.images import pad_to_square, to_rgb
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.data.sketch_styles import draw_item, prompt
 from fashionsd_x.data.synth import render_garment, sample_spec
 from fashionsd_x.generate import GarmentGenerator
 from fashionsd_x.models.embedded import EMBEDDED_DIR
@@ -34,6 +38,8 @@ DEMO_ITEMS = {
     "skirt": ("dots", {"scale": 0.8, "position_x": 0.65, "position_y": 0.7},
               ("a purple skirt with polka dots", "an orange dotted skirt", "a white skirt with small dots")),
 }
+# (style of data.sketch_styles, item, colour, pattern): the hand-drawn row, sketch then garment, twice.
+HAND_DRAWN = (("wobbly_gaps", 0, "red", "solid"), ("fine_line", 3, "navy", "dots"))
 CELL = 192  # contact-sheet cell side in pixels
 CAPTION_LINES = 2
 
@@ -66,16 +72,18 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
         guidance_scale: classifier-free guidance weight.
     """
     started = time.monotonic()
-    items = read_demo_items()
     generator = GarmentGenerator.load(model)
-    rows, paths = [], []
-    for name, sketch, prompts in items:
+    rows, paths, hand_drawn = [], [], []
+    for name, sketch, prompts in read_demo_items():
         results = [generator(prompt, sketch=sketch, steps=steps, seed=seed, guidance_scale=guidance_scale)[0]
                    for prompt in prompts]
         paths += [result.save(Path(out) / "images" / f"{name}_{k}.png") for k, result in enumerate(results)]
-        rows.append((Image.open(sketch).convert("RGB"), [(result.image, prompt)
-                                                          for result, prompt in zip(results, prompts)]))
-    sheet = contact_sheet(rows, Path(out) / "contact_sheet.png")
+        cells = [(Image.open(sketch), "sketch")] + [(result.image, prompt) for result, prompt in zip(results, prompts)]
+        if len(prompts) == 1:  # a hand-drawn sketch: sketch and garment side by side, several to a row
+            hand_drawn += [(Image.open(sketch), name.replace("_", " ")), cells[1]]
+        else:
+            rows.append(cells)
+    sheet = contact_sheet(rows + ([hand_drawn] if hand_drawn else []), Path(out) / "contact_sheet.png")
     return DemoResult(sheet, paths, time.monotonic() - started)
 
 
@@ -99,21 +107,27 @@ def write_demo_items(root: Path, resolution: int = 128, sketch: SketchConfig | N
         file_name = f"{category}.png"
         extract_sketch(photo, sketch or SketchConfig()).save(root / file_name)
         index.append({"name": category, "sketch": file_name, "prompts": list(prompts)})
+    for style, number, color, pattern in HAND_DRAWN:
+        item = draw_item(DEMO_SEED, style, number)
+        Image.fromarray(item.sketch).save(root / f"{style}.png", optimize=True)
+        index.append({"name": style, "sketch": f"{style}.png", "prompts": [prompt(item.category, color, pattern)]})
     (root / "prompts.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return root
 
 
-def contact_sheet(rows: list[tuple[Image.Image, list[tuple[Image.Image, str]]]], path: Path) -> Path:
-    """One row per sketch: the sketch, then its garments, each prompt written under its garment."""
-    columns = 1 + max(len(results) for _, results in rows)
+def contact_sheet(rows: list[list[tuple[Image.Image, str]]], path: Path) -> Path:
+    """Rows of (image, caption) cells (a sketch, then its garments), each caption written under its image.
+
+    A sketch of another shape is shown padded to a square, as the model receives it.
+    """
+    columns = max(len(cells) for cells in rows)
     caption = 14 * CAPTION_LINES + 8
     sheet = Image.new("RGB", (columns * CELL, len(rows) * (CELL + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, (sketch, results) in enumerate(rows):
+    for row, cells in enumerate(rows):
         top = row * (CELL + caption)
-        cells = [(sketch, "sketch")] + results
         for column, (image, text) in enumerate(cells):
-            sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.Resampling.LANCZOS), (column * CELL, top))
+            sheet.paste(pad_to_square(to_rgb(image), CELL), (column * CELL, top))
             lines = textwrap.wrap(text, width=CELL // 6)[:CAPTION_LINES]
             for number, line in enumerate(lines):
                 draw.text((column * CELL + 4, top + CELL + 3 + 14 * number), line, fill="black")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from PIL import Image
 
-from fashionsd_x.demo import CELL, DEMO_ITEMS, read_demo_items
+from fashionsd_x.demo import CELL, DEMO_ITEMS, HAND_DRAWN, read_demo_items
 from fashionsd_x.generate import read_params
 from tests.test_cli import fsdx
 
 
-def test_bundled_sketches_and_prompts_cover_four_garments():
+def test_bundled_sketches_and_prompts_cover_four_garments_and_hand_drawn_sketches():
     items = read_demo_items()
-    assert [name for name, _, _ in items] == list(DEMO_ITEMS)
-    for _, sketch, prompts in items:
+    assert [name for name, _, _ in items] == list(DEMO_ITEMS) + [style for style, *_ in HAND_DRAWN]
+    for _, sketch, prompts in items[:len(DEMO_ITEMS)]:
         assert Image.open(sketch).size == (128, 128) and len(prompts) == 3
+    for _, sketch, prompts in items[len(DEMO_ITEMS):]:
+        assert max(Image.open(sketch).size) >= 512 and len(prompts) == 1  # drawn large, as designers draw
 
 
 def test_demo_writes_the_contact_sheet_and_the_garments(tmp_path):
@@ -21,10 +23,10 @@ def test_demo_writes_the_contact_sheet_and_the_garments(tmp_path):
     assert result.returncode == 0, result.stderr
     sheet = tmp_path / "contact_sheet.png"
     assert str(sheet) in result.stdout
-    rows, columns = len(DEMO_ITEMS), 1 + max(len(prompts) for *_, prompts in DEMO_ITEMS.values())
+    rows, columns = len(DEMO_ITEMS) + 1, 1 + max(len(prompts) for *_, prompts in DEMO_ITEMS.values())
     width, height = Image.open(sheet).size
     assert width == columns * CELL and height > rows * CELL
     images = sorted((tmp_path / "images").glob("*.png"))
-    assert len(images) == sum(len(prompts) for *_, prompts in DEMO_ITEMS.values())
+    assert len(images) == sum(len(prompts) for *_, prompts in DEMO_ITEMS.values()) + len(HAND_DRAWN)
     params = read_params(images[0])
     assert params.controlnet and params.lora and params.steps == 4

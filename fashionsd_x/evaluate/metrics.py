@@ -10,6 +10,7 @@ The paper's (Singh and Patras, arXiv 2404.18591):
 Beyond the paper:
     edge_prf          line precision/recall/F1 with a pixel tolerance (the BSDS boundary-matching idea).
     silhouette_iou    generated garment region vs the region inside the input sketch's outer outline.
+    mask_iou          generated garment region vs a known silhouette mask (the sketch-style benchmark's).
     color_accuracy    dominant garment colour named by the nearest palette colour (CIEDE2000).
 
 Weights are never downloaded here: Inception and CLIP come from a local file or folder (or a cache hit),
@@ -18,6 +19,7 @@ otherwise MetricUnavailable says which flag to pass, and the caller reports that
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.color import deltaE_ciede2000, rgb2lab
 
+from fashionsd_x.data.conditioning import BlankSketchError, ink_mask
 from fashionsd_x.data.images import to_rgb
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.data.synth import PALETTE
@@ -423,6 +426,69 @@ def silhouette_iou(generated: Image.Image, input_sketch: Image.Image, threshold:
     garment, outline = garment_mask(generated, threshold), sketch_region(input_sketch, invert)
     union = (garment | outline).sum()
     return 1.0 if union == 0 else float((garment & outline).sum() / union)
+
+
+def square_frame(image: Image.Image, side: int, fill: int = 255, mask: bool = False) -> Image.Image:
+    """A sketch (or, with MASK, a silhouette) of any size and aspect ratio as grayscale in a generated image's
+    SIDE x SIDE frame: resized so its longer side is SIDE and centred on a square of FILL, the geometry of
+    data.images.pad_to_square, with which datasets and the generator bring pictures to the model's canvas.
+    An image already SIDE x SIDE is returned as it is (in grayscale), so a dataset's own sketches are unchanged.
+
+    A sketch is first read as ink on paper by the generator's own reader (data.conditioning.ink_mask: any paper,
+    grain, lighting, a grey pencil, either polarity) and redrawn black on white, so that what the model took
+    for a line is a line here too (line_mask reads only pixels darker than mid-grey). Lines must also survive a
+    shrink: a 4 px line of a 2048 px sheet is a quarter pixel at 128 px, which averaging would fade to paper,
+    so each pixel first takes the darkest value around it (a minimum filter as wide as the shrink factor) and
+    the area average then keeps the line black, about 1 px wide. A MASK (255 inside, 0 outside) is resized
+    with nearest neighbour instead, so it stays binary.
+    """
+    gray = image if image.mode == "L" else to_rgb(image).convert("L")
+    if gray.size == (side, side):
+        return gray
+    width, height = gray.size
+    scale = side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if mask:
+        resized = cv2.resize(np.asarray(gray), size, interpolation=cv2.INTER_NEAREST)
+    else:
+        resized = _shrink_lines(_ink_on_white(gray), scale, size)
+    canvas = np.full((side, side), fill, np.uint8)
+    left, top = (side - size[0]) // 2, (side - size[1]) // 2
+    canvas[top:top + size[1], left:left + size[0]] = resized
+    return Image.fromarray(canvas, "L")
+
+
+def _ink_on_white(sketch: Image.Image) -> np.ndarray:
+    """uint8: the sketch's ink black (0) on white (255); all white for a blank sheet."""
+    try:
+        ink = ink_mask(sketch)
+    except BlankSketchError:  # nothing drawn: nothing to match, as for an empty dataset sketch
+        return np.full((sketch.height, sketch.width), 255, np.uint8)
+    return np.where(ink, 0, 255).astype(np.uint8)
+
+
+def _shrink_lines(lines: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    if scale >= 1:  # a thumbnail enlarged: nearest keeps a 1 px line black instead of smearing it grey
+        return cv2.resize(lines, size, interpolation=cv2.INTER_NEAREST)
+    reach = math.ceil(1 / scale)
+    darkest = cv2.erode(lines, np.ones((reach, reach), np.uint8))  # erosion of white paper = minimum filter
+    return cv2.resize(darkest, size, interpolation=cv2.INTER_AREA)
+
+
+def mask_iou(generated: Image.Image, silhouette: Image.Image, threshold: int = BACKGROUND_THRESHOLD) -> float:
+    """IoU of the generated garment (garment_mask) and a known SILHOUETTE (255 inside the garment, 0 outside).
+
+    The silhouette may have any size and aspect ratio (it is the outline of the input sketch, filled); it is
+    brought to GENERATED's square frame as the sketch was (square_frame, padded with 0). Both regions empty -> 1.0.
+    A perfect garment scores a little under 1 (about 0.93-0.98 at 128 px): garment_mask also counts the faintly
+    tinted anti-aliased pixels along the edge, half a pixel outside the silhouette.
+    """
+    if generated.width != generated.height:
+        raise ValueError(f"mask_iou compares in the generator's square frame; got a {generated.size} image")
+    garment = garment_mask(generated, threshold)
+    target = np.asarray(square_frame(silhouette, generated.width, fill=0, mask=True)) > 127
+    union = (garment | target).sum()
+    return 1.0 if union == 0 else float((garment & target).sum() / union)
 
 
 def dominant_color(image: Image.Image, mask: np.ndarray) -> tuple[int, int, int]:

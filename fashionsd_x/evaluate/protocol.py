@@ -9,6 +9,10 @@ the ground-truth garment, the paper's sketch MSE, and (beyond the paper) line pr
 datasets with synthetic attributes (`color` and `pattern` columns), silhouette IoU, colour accuracy and
 pattern accuracy (the print a reference classifier recognises is the one asked for). A metric whose
 weights cannot be loaded is reported unavailable with the reason; the others are still computed.
+
+Sketches may have any size and aspect ratio; every comparison with one happens in the generated image's square
+frame. Rows with a `silhouette` mask (the sketch-style benchmark, `fsdx data sketch-styles`) are scored for
+silhouette IoU against it, and rows with a `style` are also scored style by style (`by_style` in metrics.json).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import torch
 from datasets import load_from_disk
 from PIL import Image
 
@@ -81,10 +86,13 @@ def evaluate(
 
     Writes OUT/images/<variant>/<id>.png (reused when the same evaluation runs again), OUT/metrics.json
     (variant -> metric -> value, with settings, seeds, model ids and versions), OUT/metrics.md (the
-    paper-style table) and OUT/report.html (image grids and charts, viewable offline).
+    paper-style table) and OUT/report.html (image grids and charts, viewable offline). A dataset with a style
+    column (`fsdx data sketch-styles`) is also scored per sketch style: by_style in metrics.json, a table per
+    style in metrics.md.
 
     Args:
-        data: dataset folder from `fsdx data build` (needs the split with image, sketch and text).
+        data: dataset folder from `fsdx data build` or `fsdx data sketch-styles` (needs the split with image,
+            sketch and text).
         model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
             with its own LoRA and ControlNet unless --lora/--controlnet are given.
         out: output folder.
@@ -108,11 +116,15 @@ def evaluate(
                  for variant in chosen}
     if not process_state().is_main_process:  # the other processes helped generate; one process scores and writes
         return EvalResult(out, {})
-    table, unavailable = score_variants(rows, generated, clip_model, inception_weights)
-    result = {"variants": table, "unavailable": unavailable, "settings": settings.__dict__, "split": split,
-              "num_items": len(rows), "data": str(data), "model": model, "lora": _str(lora),
-              "controlnet": _str(controlnet), "clip_model": clip_model, "inception_weights": _str(inception_weights),
-              "versions": package_versions(PACKAGES)}
+    scores = score_items(rows, generated, clip_model, inception_weights)
+    result: dict[str, Any] = {"variants": scores.table(), "unavailable": scores.unavailable}
+    groups = style_groups(rows)
+    if groups:  # the sketch-style benchmark: every metric per style as well
+        result["by_style"] = {style: scores.table(indices) for style, indices in groups.items()}
+        result["num_items_by_style"] = {style: len(indices) for style, indices in groups.items()}
+    result.update({"settings": settings.__dict__, "split": split, "num_items": len(rows), "data": str(data),
+                   "model": model, "lora": _str(lora), "controlnet": _str(controlnet), "clip_model": clip_model,
+                   "inception_weights": _str(inception_weights), "versions": package_versions(PACKAGES)})
     from fashionsd_x.evaluate.report import write_outputs
     write_outputs(out, result, rows, generated)
     return EvalResult(out, result)
@@ -132,7 +144,8 @@ def _variants(text: str, lora: Path | None, controlnet: Path | None) -> list[str
 
 def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
     if not (data / "dataset_dict.json").is_file():
-        raise EvaluationError(f"{data} is not a dataset built by `fsdx data build` (no dataset_dict.json)")
+        raise EvaluationError(f"{data} is not a dataset built by `fsdx data build` or `fsdx data sketch-styles` "
+                              f"(no dataset_dict.json)")
     dataset = load_from_disk(str(data))
     if split not in dataset or dataset[split].num_rows == 0:
         raise EvaluationError(f"dataset {data} has no {split!r} split with items (splits: {', '.join(dataset)})")
@@ -195,10 +208,47 @@ def _reusable(path: Path, expected: dict[str, Any]) -> bool:
 def score_variants(rows: list[dict], generated: dict[str, list[Image.Image]], clip_model: str,
                    inception_weights: Path | None) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """variant -> metric -> value, and metric -> reason for those that could not be computed."""
+    scores = score_items(rows, generated, clip_model, inception_weights)
+    return scores.table(), scores.unavailable
+
+
+@dataclass
+class ItemScores:
+    """Every metric of every variant, kept per item, so the whole split and any part of it (one sketch style)
+    are scored from one pass over the images: FID and KID from per-image Inception features, every other
+    metric as the mean of its per-item values (accuracies are means of hits)."""
+
+    num_items: int  # rows scored
+    values: dict[str, dict[str, list[float]]]  # variant -> metric -> one value per row
+    real_features: torch.Tensor | None  # Inception features of the rows' ground-truth images; None: no FID/KID
+    fake_features: dict[str, torch.Tensor]  # variant -> Inception features of its images
+    unavailable: dict[str, str]  # metric -> why it could not be computed
+
+    def table(self, indices: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+        """variant -> metric -> value over the rows at INDICES (all rows when None).
+
+        FID and KID need two items or more; a smaller part simply has none (the report shows n/a).
+        """
+        chosen = list(range(self.num_items)) if indices is None else list(indices)
+        table: dict[str, dict[str, float]] = {}
+        for variant, values in self.values.items():
+            scores: dict[str, float] = {}
+            if self.real_features is not None and len(chosen) >= 2:
+                picked = torch.tensor(chosen)
+                scores.update(M.fid_kid_from_features(self.real_features[picked], self.fake_features[variant][picked]))
+            scores.update({metric: statistics.fmean(per_item[i] for i in chosen)
+                           for metric, per_item in values.items()})
+            table[variant] = scores
+        return table
+
+
+def score_items(rows: list[dict], generated: dict[str, list[Image.Image]], clip_model: str,
+                inception_weights: Path | None) -> ItemScores:
+    """Per-item scores of each variant's images against the rows (ground truth, prompt, sketch, attributes).
+
+    CLIP and Inception are loaded once; a metric whose weights are missing is left out with its reason.
+    """
     real = [row["image"] for row in rows]
-    texts = [row["text"] for row in rows]
-    sketches = [row["sketch"] for row in rows]
-    table: dict[str, dict[str, float]] = {variant: {} for variant in generated}
     unavailable: dict[str, str] = {}
     clip = _try(lambda: M.load_clip(clip_model), "clip_score", unavailable)
     inception = _try(lambda: M.load_inception(M.find_inception_weights(inception_weights)), "fid", unavailable)
@@ -207,39 +257,66 @@ def score_variants(rows: list[dict], generated: dict[str, list[Image.Image]], cl
     real_features = M.inception_features(real, inception) if inception is not None and len(real) >= 2 else None
     if inception is not None and real_features is None:
         unavailable["fid"] = unavailable["kid_mean"] = "FID/KID need at least 2 items; evaluate more (--limit)"
+    values, fake_features = {}, {}
     for variant, images in generated.items():
-        scores = table[variant]
+        # Compared pixel to pixel with the ground truth, so brought to its size (a square, as generated).
         images = [image.resize(real[i].size) if image.size != real[i].size else image for i, image in enumerate(images)]
         if real_features is not None:
-            # The test set's features are computed once and shared by every variant.
-            scores.update(M.fid_kid_from_features(real_features, M.inception_features(images, inception)))
-        if clip is not None:
-            scores["clip_score"] = statistics.fmean(M.clip_scores(images, texts, clip))
-        scores["ssim"] = statistics.fmean(M.ssim(image, truth) for image, truth in zip(images, real))
-        scores.update(_sketch_scores(images, sketches))
-        if "color" in rows[0]:
-            scores.update(_attribute_scores(images, sketches, [row["color"] for row in rows]))
-        if "pattern" in rows[0]:
-            scores["pattern_accuracy"] = pattern_accuracy(images, [row["pattern"] for row in rows])
-    return table, unavailable
+            fake_features[variant] = M.inception_features(images, inception)
+        values[variant] = _item_values(rows, images, clip)
+    return ItemScores(len(rows), values, real_features, fake_features, unavailable)
 
 
-def _sketch_scores(images: list[Image.Image], sketches: list[Image.Image]) -> dict[str, float]:
+def _item_values(rows: list[dict], images: list[Image.Image], clip: M.Clip | None) -> dict[str, list[float]]:
+    """metric -> one value per image, for every metric but FID and KID."""
+    values: dict[str, list[float]] = {}
+    if clip is not None:
+        values["clip_score"] = M.clip_scores(images, [row["text"] for row in rows], clip)
+    values["ssim"] = [M.ssim(image, row["image"]) for image, row in zip(images, rows)]
+    # Sketches come at any size and aspect ratio (the sketch-style benchmark); each is brought to the generated
+    # image's square frame as the generator brought it to its canvas. A dataset's own square sketch of the
+    # image's size is used as it is, so results on built datasets do not change.
+    framed = [M.square_frame(row["sketch"], image.width) for image, row in zip(images, rows)]
+    values.update(_sketch_values(images, framed))
+    values.update(_attribute_values(images, framed, rows))
+    return values
+
+
+def _sketch_values(images: list[Image.Image], sketches: list[Image.Image]) -> dict[str, list[float]]:
     config = SketchConfig()
-    mse, precision, recall, f1 = [], [], [], []
+    values: dict[str, list[float]] = {"sketch_mse": [], "edge_precision": [], "edge_recall": [], "edge_f1": []}
     for image, sketch in zip(images, sketches):
-        mse.append(M.sketch_mse(image, sketch, config))
+        values["sketch_mse"].append(M.sketch_mse(image, sketch, config))
         prf = M.edge_prf(extract_sketch(image.resize(sketch.size), config), sketch)
-        precision.append(prf["precision"])
-        recall.append(prf["recall"])
-        f1.append(prf["f1"])
-    return {"sketch_mse": statistics.fmean(mse), "edge_precision": statistics.fmean(precision),
-            "edge_recall": statistics.fmean(recall), "edge_f1": statistics.fmean(f1)}
+        values["edge_precision"].append(prf["precision"])
+        values["edge_recall"].append(prf["recall"])
+        values["edge_f1"].append(prf["f1"])
+    return values
 
 
-def _attribute_scores(images: list[Image.Image], sketches: list[Image.Image], colors: list[str]) -> dict[str, float]:
-    iou = statistics.fmean(M.silhouette_iou(image, sketch) for image, sketch in zip(images, sketches))
-    return {"silhouette_iou": iou, "color_accuracy": M.color_accuracy(images, colors)}
+def _attribute_values(images: list[Image.Image], sketches: list[Image.Image],
+                      rows: list[dict]) -> dict[str, list[float]]:
+    """Silhouette IoU (against the row's silhouette mask when it has one, else the region inside its sketch's
+    outline), and hits of the asked colour and pattern: for datasets with synthetic attributes."""
+    values: dict[str, list[float]] = {}
+    if "silhouette" in rows[0]:
+        values["silhouette_iou"] = [M.mask_iou(image, row["silhouette"]) for image, row in zip(images, rows)]
+    elif "color" in rows[0]:
+        values["silhouette_iou"] = [M.silhouette_iou(image, sketch) for image, sketch in zip(images, sketches)]
+    if "color" in rows[0]:
+        values["color_accuracy"] = [M.color_accuracy([image], [row["color"]]) for image, row in zip(images, rows)]
+    if "pattern" in rows[0]:
+        values["pattern_accuracy"] = [pattern_accuracy([image], [row["pattern"]]) for image, row in zip(images, rows)]
+    return values
+
+
+def style_groups(rows: list[dict]) -> dict[str, list[int]]:
+    """style -> indices of its rows, in order of first appearance; empty when the rows have no style column."""
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        if "style" in row:
+            groups.setdefault(str(row["style"]), []).append(index)
+    return groups
 
 
 def _try(load: Callable[[], Any], metric: str, unavailable: dict[str, str]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from fashionsd_x.evaluate.protocol import METRICS
+from fashionsd_x.evaluate.protocol import METRICS, style_groups
 
 GRID_ROWS = 12  # garments shown in the report's image grid
 THUMB = 128  # thumbnail side in the report
@@ -41,13 +41,14 @@ def _format(value: float | None) -> str:
 
 
 def metrics_table(result: dict[str, Any]) -> str:
-    """Variants as rows, metrics as columns, arrows for the better direction (as in the paper's Table 1)."""
+    """Variants as rows, metrics as columns, arrows for the better direction (as in the paper's Table 1); then,
+    for the sketch-style benchmark, the same table for each sketch style."""
     columns = _columns(result)
-    header = "| variant | " + " | ".join(f"{METRICS[m][0]} {'↑' if METRICS[m][1] else '↓'}" for m in columns) + " |"
-    lines = [f"# FashionSD-X evaluation ({result['num_items']} items of split {result['split']})", "", header,
-             "|" + " --- |" * (len(columns) + 1)]
-    for variant, scores in result["variants"].items():
-        lines.append(f"| {variant} | " + " | ".join(_format(scores.get(m)) for m in columns) + " |")
+    lines = [f"# FashionSD-X evaluation ({result['num_items']} items of split {result['split']})", "",
+             *_markdown_rows(result["variants"], columns)]
+    for style, variants in result.get("by_style", {}).items():
+        lines += ["", f"## Sketch style {style} ({result['num_items_by_style'][style]} items)", "",
+                  *_markdown_rows(variants, columns)]
     if result["unavailable"]:
         lines += ["", "Unavailable metrics:"] + [f"- {m}: {reason}" for m, reason in result["unavailable"].items()]
     settings = result["settings"]
@@ -57,11 +58,19 @@ def metrics_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markdown_rows(variants: dict[str, dict[str, float]], columns: list[str]) -> list[str]:
+    header = "| variant | " + " | ".join(f"{METRICS[m][0]} {'↑' if METRICS[m][1] else '↓'}" for m in columns) + " |"
+    lines = [header, "|" + " --- |" * (len(columns) + 1)]
+    return lines + [f"| {variant} | " + " | ".join(_format(scores.get(m)) for m in columns) + " |"
+                    for variant, scores in variants.items()]
+
+
 def _data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     thumb = image.convert("RGB").copy()
     if max(thumb.size) < THUMB:  # small models' images are scaled up (nearest: pixels stay visible as pixels)
-        thumb = thumb.resize((THUMB, THUMB), Image.Resampling.NEAREST)
+        scale = THUMB / max(thumb.size)
+        thumb = thumb.resize((round(thumb.width * scale), round(thumb.height * scale)), Image.Resampling.NEAREST)
     thumb.thumbnail((THUMB, THUMB))
     thumb.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -86,6 +95,32 @@ def _chart(metric: str, result: dict[str, Any]) -> str:
             f'{html.escape(label)} {"(higher is better)" if higher else "(lower is better)"}</text>{"".join(bars)}</svg>')
 
 
+def _style_table(result: dict[str, Any], columns: list[str]) -> str:
+    """The per-style scores as one table (style and variant as rows), or nothing for an ordinary dataset."""
+    if not result.get("by_style"):
+        return ""
+    head = "<tr><th>sketch style</th><th>variant</th>" + "".join(
+        f"<th>{html.escape(METRICS[m][0])}</th>" for m in columns) + "</tr>"
+    body = ""
+    for style, variants in result["by_style"].items():
+        for variant, scores in variants.items():
+            cells = [f"{style} ({result['num_items_by_style'][style]})", variant]
+            body += ("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+                     + "".join(f"<td>{_format(scores.get(m))}</td>" for m in columns) + "</tr>")
+    return f"<h3>By sketch style</h3><table>{head}{body}</table>"
+
+
+def _grid_rows(rows: list[dict]) -> list[int]:
+    """Indices of the garments in the image grid: the first GRID_ROWS, or with sketch styles, turn by turn from
+    each style so that every style is shown."""
+    groups = style_groups(rows)
+    if not groups:
+        return list(range(min(GRID_ROWS, len(rows))))
+    turns = [group[turn] for turn in range(max(map(len, groups.values()))) for group in groups.values()
+             if turn < len(group)]
+    return turns[:GRID_ROWS]
+
+
 def report_html(result: dict[str, Any], rows: list[dict], generated: dict[str, list[Image.Image]]) -> str:
     """The report page: metrics table, one chart per metric, and a grid sketch | truth | each variant."""
     columns = _columns(result)
@@ -95,9 +130,11 @@ def report_html(result: dict[str, Any], rows: list[dict], generated: dict[str, l
         table += f"<tr><td>{html.escape(variant)}</td>" + "".join(
             f"<td>{_format(scores.get(m))}</td>" for m in columns) + "</tr>"
     charts = "".join(_chart(metric, result) for metric in columns)
+    styles = _style_table(result, columns)
     head = "<tr><th>sketch</th><th>ground truth</th>" + "".join(f"<th>{html.escape(v)}</th>" for v in generated) + "<th>text</th></tr>"
     grid = ""
-    for index, row in enumerate(rows[:GRID_ROWS]):
+    for index in _grid_rows(rows):
+        row = rows[index]
         cells = [row["sketch"], row["image"]] + [images[index] for images in generated.values()]
         grid += "<tr>" + "".join(f'<td><img src="{_data_uri(c)}" alt=""></td>' for c in cells)
         grid += f"<td>{html.escape(row['text'])}</td></tr>"
@@ -110,7 +147,7 @@ padding:4px 8px;text-align:center}} img{{display:block}} .charts svg{{margin:0 2
 <p>{result['num_items']} items of split <code>{html.escape(result['split'])}</code> of <code>{html.escape(result['data'])}</code>;
 base <code>{html.escape(str(result['model']))}</code>, LoRA <code>{html.escape(str(result['lora']))}</code>,
 ControlNet <code>{html.escape(str(result['controlnet']))}</code>.</p>
-<h2>Metrics</h2><table>{table}</table>{'<h3>Unavailable</h3><ul>' + missing + '</ul>' if missing else ''}
+<h2>Metrics</h2><table>{table}</table>{'<h3>Unavailable</h3><ul>' + missing + '</ul>' if missing else ''}{styles}
 <h2>Charts</h2><div class="charts">{charts}</div>
 <h2>Samples</h2><table>{head}{grid}</table>
 </body></html>

@@ -95,6 +95,9 @@ class RecipeConfig:
         "max_steps": 5000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
         "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
         "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
+    # ControlNet steps when it continues from the ControlNet of the model --base-from names (it already follows
+    # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
+    controlnet_continue_steps: int = 1500
     seed: int = 0  # weights and every random draw of the training stages
     eval_items: int = 150  # held-out new-collection garments the final evaluation generates per variant
     style_items: int = 24  # sketches per style of the sketch-style benchmark the final evaluation also runs
@@ -138,7 +141,8 @@ def train_tiny(out: Path = Path("outputs/recipe"), ship: bool = False, stop_afte
         ship: copy the finished model into the package (fashionsd_x/embedded), making it the default.
         stop_after: stop after this stage (data, vae, base, refine, lora, controlnet or evaluate).
         base_from: a finished model of this recipe (e.g. fashionsd_x/embedded, with its recipe.json) whose base
-            is taken instead of training stages 1 to 3 again; only the LoRA and ControlNet are trained.
+            is taken instead of training stages 1 to 3 again; the LoRA is trained anew and the ControlNet
+            continues from its ControlNet.
     """
     return run_recipe(RecipeConfig(), Path(out), ship_to=EMBEDDED_DIR if ship else None, stop_after=stop_after,
                       base_from=base_from)
@@ -157,6 +161,7 @@ def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, sto
         imported = _imported_stages(Path(base_from))
         runners.update({stage: lambda out, config, stage=stage: _import_stage(out, Path(base_from), stage, imported)
                         for stage in BASE_STAGES})
+        runners["controlnet"] = lambda out, config: _controlnet(out, config, Path(base_from) / "controlnet")
     for stage in STAGES:
         started = time.monotonic()
         figures = runners[stage](out, config)
@@ -209,7 +214,8 @@ def _import_stage(out: Path, source: Path, stage: str, imported: dict[str, Any])
     OUT/refine/train_result.json is SOURCE's refine record, so the LoRA and ControlNet stages see a finished
     base, and a base taken from another model (another digest) sets them aside as after a retrain.
     """
-    figures = {key: value for key, value in imported[stage].items() if key != "wall_seconds_this_run"}
+    figures = {key: value for key, value in imported[stage].items()
+               if key not in ("wall_seconds_this_run", "imported_from")}  # the base's own figures, wherever it went
     if stage == FINAL_BASE and _read_json_or_none(out / FINAL_BASE / RESULT_NAME) != figures:
         folder = out / FINAL_BASE
         shutil.rmtree(folder, ignore_errors=True)
@@ -271,13 +277,18 @@ def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
         overrides=_overrides(config.lora_settings, config)))
 
 
-def _controlnet(out: Path, config: RecipeConfig) -> dict[str, Any]:
+def _controlnet(out: Path, config: RecipeConfig, init: Path | None = None) -> dict[str, Any]:
+    """Stage 5; from INIT (the ControlNet of the model --base-from names) for controlnet_continue_steps when given."""
     from fashionsd_x.train.controlnet import train_controlnet
 
+    settings = dict(config.controlnet_settings)
+    if init is not None:
+        settings["max_steps"] = config.controlnet_continue_steps
     inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME, out / "collection_data" / DATA_SPEC_NAME]
-    return _train_stage(out / "controlnet", config.controlnet_settings["max_steps"], inputs, lambda: train_controlnet(
+    figures = _train_stage(out / "controlnet", settings["max_steps"], inputs, lambda: train_controlnet(
         out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
-        overrides=_overrides(config.controlnet_settings, config)))
+        init=None if init is None else str(init), overrides=_overrides(settings, config)))
+    return {**figures, **({"continued_from": str(init)} if init is not None else {})}
 
 
 def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:

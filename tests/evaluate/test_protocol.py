@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image, ImageFilter
 
 from fashionsd_x.data.build import build_dataset
-from fashionsd_x.data.synth import synthesize
-from fashionsd_x.evaluate.protocol import METRICS, EvaluationError, evaluate
+from fashionsd_x.data.images import pad_to_square
+from fashionsd_x.data.sketch_styles import STYLES, draw_item, make_sketch_styles
+from fashionsd_x.data.synth import PALETTE, synthesize
+from fashionsd_x.evaluate.metrics import fid_kid_from_features, line_mask, mask_iou, square_frame
+from fashionsd_x.evaluate.protocol import METRICS, EvaluationError, ItemScores, evaluate, style_groups
 from fashionsd_x.models.tiny import build_tiny_base
 from tests.test_generate import _save_controlnet, _save_lora
+
+# Tiny models: one thread is faster than two, and far faster while other work holds the second core.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +41,9 @@ def test_evaluate_command_writes_all_outputs(setup, tmp_path):
     command = [sys.executable, "-m", "fashionsd_x", "evaluate", "--data", str(setup["data"]), "--model",
                str(setup["base"]), "--lora", str(setup["lora"]), "--controlnet", str(setup["controlnet"]),
                "--out", str(out), "--steps", "2", "--limit", "3", "--clip-model", str(tmp_path / "no-clip")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # One thread: a tiny model runs faster on one, and far faster while other work holds the second core.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["variants"]) == ["vanilla", "lora", "fashionsd-x"]
@@ -77,3 +89,81 @@ def test_bad_evaluation_input(setup, tmp_path):
         evaluate(setup["data"], str(setup["base"]), tmp_path / "o", variants="vanilla", split="validation")
     with pytest.raises(EvaluationError, match="not a dataset"):
         evaluate(tmp_path, str(setup["base"]), tmp_path / "o", variants="vanilla")
+
+
+def test_every_metric_per_sketch_style_on_the_benchmark(setup, tmp_path):
+    data = make_sketch_styles(setup["root"] / "styles", per_style=2, seed=0, resolution=32)
+    result = evaluate(data, str(setup["base"]), tmp_path / "styles", lora=setup["lora"],
+                      controlnet=setup["controlnet"], steps=2, clip_model=str(tmp_path / "no-clip"))
+    metrics = json.loads((tmp_path / "styles" / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert list(metrics["by_style"]) == list(STYLES)
+    assert metrics["num_items_by_style"] == {style: 2 for style in STYLES} and metrics["num_items"] == 12
+    for style, variants in metrics["by_style"].items():
+        assert list(variants) == ["vanilla", "lora", "fashionsd-x"], style
+        for scores in variants.values():
+            assert -1.0 <= scores["ssim"] <= 1.0, style
+            for name in ("sketch_mse", "edge_f1", "silhouette_iou", "color_accuracy", "pattern_accuracy"):
+                assert 0.0 <= scores[name] <= 1.0, (style, name)
+    # Styles are equal parts of the split, so the overall mean is the mean of the style means.
+    for variant, scores in metrics["variants"].items():
+        for name in ("ssim", "edge_f1", "silhouette_iou", "color_accuracy"):
+            by_style = [metrics["by_style"][style][variant][name] for style in STYLES]
+            assert scores[name] == pytest.approx(float(np.mean(by_style))), (variant, name)
+    table = (tmp_path / "styles" / "metrics.md").read_text()
+    for style in STYLES:
+        assert f"## Sketch style {style} (2 items)" in table
+    assert table.count("| fashionsd-x |") == 1 + len(STYLES)
+    page = (tmp_path / "styles" / "report.html").read_text()
+    assert "By sketch style" in page and all(style in page for style in STYLES)
+
+
+def _garment_image(silhouette: Image.Image, side: int, shift: int = 0) -> Image.Image:
+    """A perfect generated garment: the silhouette in a colour on white, in the square frame, moved SHIFT px."""
+    mask = np.asarray(silhouette) > 127
+    fill = np.where(mask[..., None], np.array(PALETTE["green"], np.uint8), np.uint8(255)).astype(np.uint8)
+    square = np.asarray(pad_to_square(Image.fromarray(fill, "RGB"), side))
+    return Image.fromarray(np.roll(square, shift, axis=1))
+
+
+def test_mask_iou_of_the_silhouette_itself_is_one_and_of_a_shifted_one_much_lower():
+    silhouette = Image.fromarray(draw_item(0, "off_centre", 0).silhouette)  # a portrait or landscape sheet
+    assert silhouette.width != silhouette.height
+    # Not exactly 1: garment_mask also counts the anti-aliased edge pixels (a half-pixel ring; trousers are thin).
+    assert mask_iou(_garment_image(silhouette, 128), silhouette) > 0.9
+    assert mask_iou(_garment_image(silhouette, 128, shift=24), silhouette) < 0.6
+    assert mask_iou(Image.new("RGB", (64, 64), "white"), Image.new("L", (50, 80), 0)) == 1.0
+
+
+@pytest.mark.parametrize("style", ["fine_line", "pencil_scan", "off_centre"])
+def test_sketches_are_brought_to_the_generated_frame_with_their_lines(style):
+    item = draw_item(0, style, 0)  # a 900-2048 px sheet with 2-6 px black, or grey pencil, lines
+    framed = square_frame(Image.fromarray(item.sketch), 128)
+    assert framed.size == (128, 128)
+    edge = np.asarray(square_frame(Image.fromarray(item.silhouette), 128, fill=0, mask=True)) > 127
+    edge &= ~np.asarray(Image.fromarray(edge).filter(ImageFilter.MinFilter(3)))
+    lines = line_mask(framed)
+    near_edge = np.asarray(Image.fromarray(edge).filter(ImageFilter.MaxFilter(5)))
+    near_line = np.asarray(Image.fromarray(lines).filter(ImageFilter.MaxFilter(3)))
+    # The outline survives a 7-16x shrink (a grey pencil line too), in place on the silhouette's edge.
+    assert near_line[edge].mean() > 0.9 and near_edge[lines].mean() > 0.8
+
+
+def test_thumbnails_are_enlarged_and_own_sketches_kept_as_they_are():
+    small = Image.fromarray(draw_item(0, "small_lowres", 0).sketch)
+    assert line_mask(square_frame(small, 128)).any()
+    same = Image.fromarray(np.full((32, 32), 255, np.uint8))
+    assert square_frame(same, 32) is same  # a dataset's own sketch is compared as it is
+
+
+def test_a_part_of_the_split_is_scored_from_its_own_items():
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(5, 16, generator=generator), torch.randn(5, 16, generator=generator) + 1
+    scores = ItemScores(5, {"lora": {"ssim": [0.1, 0.2, 0.3, 0.4, 0.5]}}, real, {"lora": fake}, {})
+    part = scores.table([1, 3, 4])["lora"]
+    assert part["ssim"] == pytest.approx((0.2 + 0.4 + 0.5) / 3)
+    assert part["fid"] == pytest.approx(fid_kid_from_features(real[[1, 3, 4]], fake[[1, 3, 4]])["fid"])
+    assert part["fid"] != pytest.approx(scores.table()["lora"]["fid"])
+    assert set(scores.table([2])["lora"]) == {"ssim"}  # one item: no FID or KID, not an error
+    rows = [{"style": style} for style in ("pencil", "fine", "pencil")]
+    assert style_groups(rows) == {"pencil": [0, 2], "fine": [1]} and style_groups([{"id": "a"}]) == {}

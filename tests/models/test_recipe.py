@@ -67,11 +67,14 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
 
     # A second recipe takes the shipped base instead of training stages 1 to 3, and trains LoRA and ControlNet.
     again = tmp_path / "again"
-    run_recipe(MINIATURE, again, stop_after="lora", base_from=shipped)
+    run_recipe(dataclasses.replace(MINIATURE, controlnet_continue_steps=1), again, stop_after="controlnet",
+               base_from=shipped)
     record = json.loads((again / "recipe.json").read_text())
     assert not (again / "vae").exists() and not (again / "base").exists()
     assert record["stages"]["refine"]["imported_from"] == str(shipped)
     assert (again / "refine" / "unet").is_dir() and record["stages"]["lora"]["steps"] == 2
+    assert record["stages"]["controlnet"]["continued_from"] == str(shipped / "controlnet")
+    assert record["stages"]["controlnet"]["steps"] == 1
 
 
 def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):

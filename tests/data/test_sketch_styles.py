@@ -1,0 +1,201 @@
+"""The sketch-style benchmark: every style present and drawn as described, deterministic, and written by the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+from fashionsd_x.data import synth
+from fashionsd_x.data.sketch_styles import MANIFEST, STYLES, draw_item, make_sketch_styles, prompt
+from tests.test_cli import fsdx
+
+PER_STYLE = 2
+OUTLINE_STYLES = ("fine_line", "pencil_scan", "small_lowres", "wobbly_gaps", "off_centre")
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sketch_styles(tmp_path_factory.mktemp("styles") / "bench", per_style=PER_STYLE, seed=0, resolution=64)
+
+
+@pytest.fixture(scope="module")
+def rows(benchmark: Path) -> list[dict]:
+    split = load_from_disk(str(benchmark))["test"]
+    return [split[index] for index in range(split.num_rows)]
+
+
+def _of(rows: list[dict], style: str) -> list[dict]:
+    return [row for row in rows if row["style"] == style]
+
+
+def _ink(row: dict) -> np.ndarray:
+    """Bool: pixels clearly darker than the sheet's paper (its median)."""
+    sketch = np.asarray(row["sketch"], np.float32)
+    return sketch < 0.85 * np.median(sketch)
+
+
+def _distance_to_edge(silhouette: np.ndarray) -> np.ndarray:
+    """Per pixel, the distance in pixels to the silhouette's boundary."""
+    inside = silhouette > 127
+    edge = inside & ~cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+
+
+def test_every_style_with_its_items_columns_and_manifest(benchmark, rows):
+    assert [row["style"] for row in rows] == [style for style in STYLES for _ in range(PER_STYLE)]
+    assert len({row["id"] for row in rows}) == len(rows) and rows[0]["id"] == "fine_line-000"
+    assert set(rows[0]) == {"id", "style", "category", "color", "pattern", "text", "sketch", "silhouette", "image"}
+    for row in rows:
+        assert row["sketch"].mode == "L" and row["silhouette"].mode == "L" and row["image"].mode == "RGB"
+        assert row["silhouette"].size == row["sketch"].size and row["image"].size == (64, 64)
+        assert row["category"] in synth.CATEGORIES and row["color"] in synth.PALETTE
+    manifest = json.loads((benchmark / MANIFEST).read_text())
+    assert manifest["parameters"] == {"per_style": PER_STYLE, "seed": 0, "resolution": 64}
+    assert manifest["counts"] == {style: PER_STYLE for style in STYLES}
+    assert {"numpy", "opencv-python-headless"} <= set(manifest["versions"])
+
+
+def test_cli_writes_the_same_benchmark_again(benchmark, rows, tmp_path):
+    result = fsdx("data", "sketch-styles", "--out", tmp_path / "again", "--per-style", PER_STYLE, "--seed", 0,
+                  "--resolution", 64)
+    assert result.returncode == 0, result.stderr
+    assert "fsdx evaluate --data" in result.stdout
+    again = load_from_disk(str(tmp_path / "again"))["test"]
+    assert again.num_rows == len(rows)
+    for first, second in zip(rows, again):
+        assert first["text"] == second["text"] and first["id"] == second["id"]
+        for column in ("sketch", "silhouette", "image"):
+            assert np.array_equal(np.asarray(first[column]), np.asarray(second[column])), (first["id"], column)
+
+
+def test_another_seed_draws_other_sketches():
+    for style in STYLES:
+        assert not np.array_equal(draw_item(0, style, 1).sketch, draw_item(1, style, 1).sketch), style
+
+
+def test_neighbouring_items_differ_in_garment_and_size(rows):
+    for style in STYLES:
+        first, second = _of(rows, style)
+        assert first["category"] != second["category"], style
+        assert np.asarray(first["silhouette"]).sum() != np.asarray(second["silhouette"]).sum(), style
+
+
+def test_silhouettes_are_filled_binary_and_inside_the_sheet(rows):
+    for row in rows:
+        silhouette = np.asarray(row["silhouette"])
+        assert set(np.unique(silhouette)) == {0, 255}, row["id"]
+        assert (silhouette > 0).mean() > 0.08, row["id"]
+        border = np.concatenate([silhouette[0], silhouette[-1], silhouette[:, 0], silhouette[:, -1]])
+        assert not border.any(), f"{row['id']} touches the edge of the sheet"
+
+
+def test_garments_fill_half_to_most_of_the_square_frame(rows):
+    for row in rows:
+        ys, xs = np.nonzero(np.asarray(row["silhouette"]))
+        span = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / max(row["sketch"].size)
+        assert 0.45 <= span <= 0.95, (row["id"], span)
+
+
+def test_outline_styles_draw_the_silhouette_edge(rows):
+    for style in OUTLINE_STYLES:
+        for row in _of(rows, style):
+            ink, distance = _ink(row), _distance_to_edge(np.asarray(row["silhouette"]))
+            tolerance = 2 + 0.005 * max(row["sketch"].size)  # half a line width and the anti-aliasing
+            on_edge = (distance[ink] <= tolerance).mean()
+            assert on_edge > 0.75, (row["id"], on_edge)  # the rest: a top's or a dress's front neckline
+            edge = distance < 1
+            near_ink = cv2.distanceTransform((~ink).astype(np.uint8), cv2.DIST_L2, 3) <= tolerance
+            drawn = (near_ink[edge]).mean()
+            assert drawn > (0.85 if style == "wobbly_gaps" else 0.97), (row["id"], drawn)
+
+
+def test_detailed_sketches_have_lines_inside_the_garment(rows):
+    for row in _of(rows, "detailed"):
+        ink, distance = _ink(row), _distance_to_edge(np.asarray(row["silhouette"]))
+        inside = np.asarray(row["silhouette"]) > 0
+        interior = ink & inside & (distance > 0.02 * max(row["sketch"].size))
+        assert interior.sum() > 0.15 * ink.sum(), row["id"]
+
+
+def test_wobbly_outlines_have_gaps_but_closed_silhouettes(rows):
+    for row in _of(rows, "wobbly_gaps"):
+        side = row["sketch"].size[0]
+        assert 512 <= side <= 768
+        ink = _ink(row).astype(np.uint8)
+        near_ink = cv2.dilate(ink, np.ones((5, 5), np.uint8)).astype(bool)
+        edge = _distance_to_edge(np.asarray(row["silhouette"])) < 1
+        assert (edge & ~near_ink).sum() >= 0.005 * side, row["id"]  # some edge left undrawn: a break
+
+
+def test_off_centre_sheets_are_not_square_and_the_garment_is_off_centre(rows):
+    for row in _of(rows, "off_centre"):
+        width, height = row["sketch"].size
+        assert width != height and max(width, height) >= 1.2 * min(width, height)
+        ys, xs = np.nonzero(np.asarray(row["silhouette"]))
+        offset = np.hypot(xs.mean() - width / 2, ys.mean() - height / 2)
+        assert offset > 0.08 * max(width, height), (row["id"], offset)
+
+
+def test_pencil_lines_are_grey_on_textured_off_white_paper(rows):
+    for row in _of(rows, "pencil_scan"):
+        sketch = np.asarray(row["sketch"])
+        assert sketch.shape == (2048, 2048)
+        paper = sketch[~cv2.dilate(_ink(row).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)]
+        assert 200 < np.median(paper) < 250 and paper.std() > 2, "paper should be off-white with grain"
+        assert np.percentile(sketch, 0.01) > 60, "pencil lines should be grey, not black"
+        assert np.median(sketch[_ink(row)]) < 0.8 * np.median(paper)
+
+
+def test_small_sketches_are_thumbnails(rows):
+    for row in _of(rows, "small_lowres"):
+        assert 64 <= max(row["sketch"].size) <= 100
+
+
+def test_fine_lines_are_black_on_white_big_sheets(rows):
+    for row in _of(rows, "fine_line"):
+        sketch = np.asarray(row["sketch"])
+        assert 1024 <= sketch.shape[0] <= 2048 and np.median(sketch) == 255 and sketch.min() < 40
+
+
+def test_reference_image_is_the_silhouette_in_the_prompt_colour(rows):
+    for row in rows:
+        image = np.asarray(row["image"]).reshape(-1, 3)
+        garment = image[(image < 250).any(axis=1)]
+        colours, counts = np.unique(garment, axis=0, return_counts=True)
+        assert tuple(colours[np.argmax(counts)]) == synth.PALETTE[row["color"]], row["id"]
+        assert row["color"] in row["text"]
+
+
+def test_prompts_alternate_plain_and_prints():
+    patterns = [draw_item(0, "small_lowres", index).pattern for index in range(4)]
+    assert patterns == ["solid", "dots", "solid", "checks"]
+    assert prompt("t-shirt", "red", "solid") == "a plain t-shirt in red"
+    assert prompt("tank top", "orange", "dots") == "an orange polka-dot tank top"
+
+
+@pytest.mark.parametrize("category, color, pattern", [("t-shirt", "red", "solid"), ("dress", "navy", "dots"),
+                                                      ("trousers", "orange", "checks"), ("tank top", "orange", "dots")])
+def test_prompts_are_captions_the_synthetic_catalogue_writes(category, color, pattern):
+    # The model learnt to read synth's captions; a prompt in other words would measure wording, not sketches.
+    spec = synth.sample_spec(np.random.default_rng(0), categories=[category], colors=[color], patterns=[pattern])
+    captions = {synth.caption(spec, np.random.default_rng(index)) for index in range(4000)}
+    assert prompt(category, color, pattern) in captions
+
+
+def test_bad_arguments_and_foreign_output_folders_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="per_style"):
+        make_sketch_styles(tmp_path / "x", per_style=0)
+    with pytest.raises(ValueError, match="resolution"):
+        make_sketch_styles(tmp_path / "x", per_style=1, resolution=16)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a sketch-style benchmark"):
+        make_sketch_styles(tmp_path / "mine", per_style=1)
+    assert (tmp_path / "mine" / "notes.txt").is_file()
+    with pytest.raises(ValueError, match="unknown sketch style"):
+        draw_item(0, "charcoal", 0)
