@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
 from fashionsd_x.apps.studio import StudioError, serve_studio
-from fashionsd_x.apps.studio.actions import (Settings, SketchSettings, canvas_sketch, control_values, extract,
-                                             generated_files, history_rows, load_upload, pick_sketch, reuse,
-                                             run_generation)
+from fashionsd_x.apps.studio.actions import (Settings, SketchSettings, blank_canvas, canvas_sketch, control_values,
+                                             extract, generated_files, history_rows, load_upload, model_view,
+                                             pick_sketch, reuse, run_generation)
+from fashionsd_x.data.conditioning import SketchConditioning
 from fashionsd_x.data.images import load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, read_params
@@ -31,6 +34,22 @@ def generator(tiny_base, tmp_path_factory) -> GarmentGenerator:
     root = tmp_path_factory.mktemp("studio_models")
     return GarmentGenerator.load(tiny_base, lora=_save_lora(tiny_base, root / "lora", 0),
                                  controlnet=_save_controlnet(tiny_base, root / "controlnet"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def normalising(tiny_base, generator, tmp_path_factory) -> GarmentGenerator:
+    """The same models, with a ControlNet whose train_config.yaml says it was trained on normalised sketches."""
+    folder = tmp_path_factory.mktemp("normalising") / "controlnet"
+    shutil.copytree(generator.controlnet_path, folder)
+    (folder / "train_config.yaml").write_text(yaml.safe_dump({"sketch_conditioning": SketchConditioning().to_dict()}))
+    return GarmentGenerator.load(tiny_base, lora=generator.lora, controlnet=folder, device="cpu")
+
+
+def _drawn_canvas(side: int = 128, grey: int = 0) -> dict:
+    """The canvas's value after drawing an off-centre box with the brush (strokes on a transparent layer)."""
+    layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle((20, 30, 70, 110), outline=(grey, grey, grey, 255), width=4)
+    return {**blank_canvas(side), "layers": [layer]}
 
 
 def _sketch_file(folder: Path, shape: str = "box") -> Path:
@@ -81,6 +100,43 @@ def test_canvas_layers_are_composited_on_white(tmp_path):
     assert canvas_sketch(None) is None
     _, message = pick_sketch("draw", None, None, None, SketchSettings(), 32)
     assert "canvas is blank" in message
+
+
+def test_the_model_view_is_what_the_model_received(normalising, generator, tmp_path, one_thread):
+    canvas = _drawn_canvas()
+    preview, note = model_view(normalising, canvas_sketch(canvas))
+    side = normalising.resolution
+    assert note == "" and preview.mode == "L" and preview.size == (side, side)
+    pixels = np.asarray(preview)
+    assert set(np.unique(pixels).tolist()) == {0, 255}  # normalised: strictly black lines on white
+    rows, columns = np.nonzero(pixels == 0)
+    drawn = np.array([20, 30, 70, 110]) * side / 128  # the box's left, top, right, bottom at the model's side
+    assert np.abs(np.array([columns.min(), rows.min(), columns.max(), rows.max()]) - drawn).max() <= 1.5
+    outcome = run_generation(normalising, tmp_path / "out", Settings(prompt="a top", num_images=2, steps=STEPS),
+                             canvas_sketch(canvas), source="draw")
+    assert outcome.message == "" and np.array_equal(np.asarray(outcome.seen), pixels)
+    # A ControlNet trained before normalisation gets (and is shown) the plain resize, not the normalised lines.
+    legacy, _ = model_view(generator, canvas_sketch(canvas))
+    assert not np.array_equal(np.asarray(legacy), pixels)
+    kept = run_generation(generator, tmp_path / "out", Settings(prompt="a top", num_images=1, steps=STEPS),
+                          canvas_sketch(canvas), source="draw")
+    assert np.array_equal(np.asarray(kept.seen), np.asarray(legacy))
+    text_only = run_generation(normalising, tmp_path / "out", Settings(prompt="a top", num_images=1, steps=STEPS))
+    assert text_only.seen is None
+
+
+def test_a_blank_sheet_gives_a_message_not_an_exception(normalising, tmp_path, one_thread):
+    blank = blank_canvas(64)
+    assert canvas_sketch(blank) is None
+    assert pick_sketch("draw", blank, None, None, SketchSettings(), 32)[1].startswith("the canvas is blank")
+    # A stroke too faint to be a line passes the canvas check but leaves the model nothing to follow.
+    faint = canvas_sketch(_drawn_canvas(grey=235))
+    assert faint is not None
+    image, note = model_view(normalising, faint)
+    assert image is None and "blank" in note
+    outcome = run_generation(normalising, tmp_path / "out", Settings(prompt="a top", num_images=1, steps=STEPS), faint,
+                             source="draw")
+    assert outcome.files == [] and "blank" in outcome.message and "\n" not in outcome.message
 
 
 def test_photo_sketch_follows_the_threshold_settings(generator, tmp_path, one_thread):

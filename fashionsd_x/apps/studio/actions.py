@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
+from fashionsd_x.data.conditioning import BlankSketchError, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, Generated, GenerationError
@@ -89,16 +90,26 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What Generate shows: the new PNGs, the updated history, why nothing was made ("" when all went well)
-    and notes on what was made (e.g. the prompt was truncated)."""
+    """What Generate shows: the new PNGs, the updated history, why nothing was made ("" when all went well),
+    notes on what was made (e.g. the prompt was truncated) and the sketch as the model received it."""
 
     files: list[Path]
     history: list[HistoryEntry]
     message: str
     notes: tuple[str, ...] = ()
+    seen: Image.Image | None = None  # Generated.sketch: the conditioning, black on white; None for text only
 
 
 # ---------------------------------------------------------------------------------------------- sketches
+
+
+def blank_canvas(side: int) -> dict:
+    """The canvas's starting value: a white sheet of `side` px, no strokes.
+
+    Why a sheet and not None: Gradio's editor (6.x) switches to its image tool whenever its value is empty, so a
+    designer who just drags on an empty Sketchpad draws nothing; with a background it opens with the brush.
+    """
+    return {"background": Image.new("RGBA", (side, side), (255, 255, 255, 255)), "layers": [], "composite": None}
 
 
 def canvas_sketch(value: dict | None) -> Image.Image | None:
@@ -170,6 +181,20 @@ def pick_sketch(source: Source, canvas: dict | None, upload: str | Path | None, 
     return None, f"unknown sketch source {source!r}: choose one of {', '.join(SOURCES)}"
 
 
+def model_view(generator: GarmentGenerator, sketch: Image.Image | None) -> tuple[Image.Image | None, str]:
+    """What the model will receive for `sketch` (black lines on white at its resolution), or (None, why not).
+
+    `conditioning_preview` runs the generator's own `control_image` with its resolution and sketch conditioning,
+    so the preview equals `Generated.sketch` of the images Generate then makes from this sketch.
+    """
+    if sketch is None:
+        return None, ""
+    try:
+        return conditioning_preview(sketch, generator.resolution, generator.conditioning), ""
+    except BlankSketchError as error:
+        return None, str(error)
+
+
 # ---------------------------------------------------------------------------------------------- generation
 
 
@@ -188,6 +213,7 @@ def run_generation(generator: GarmentGenerator, out: Path, settings: Settings, s
         return Outcome([], history, problem)
     run = Path(out) / uuid.uuid4().hex[:8]  # a fresh folder per click: sessions never share files
     files: list[Path] = []
+    seen: Image.Image | None = None
     with warnings.catch_warnings(record=True) as caught:  # the generator warns of a truncated prompt
         warnings.simplefilter("always", UserWarning)
         for k in range(settings.num_images):
@@ -195,13 +221,14 @@ def run_generation(generator: GarmentGenerator, out: Path, settings: Settings, s
                 progress(k / settings.num_images, f"image {k + 1} of {settings.num_images}")
             try:
                 result = _generate_one(generator, settings, sketch, settings.seed + k)
-            except GenerationError as error:
+            except GenerationError as error:  # a sketch with no line the model could see says so, too
                 return Outcome([], history, str(error))
+            seen = result.sketch  # the same for every image of the click
             files.append(result.save(run / IMAGE_NAME.format(seed=settings.seed + k, run=run.name)))
     kept = _save_sketch(sketch, run)
     entry = HistoryEntry(settings, sketch_settings, source if sketch is not None else "prompt", kept, tuple(files))
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
-    return Outcome(files, [*history, entry], "", notes)
+    return Outcome(files, [*history, entry], "", notes, seen)
 
 
 def _generate_one(generator: GarmentGenerator, settings: Settings, sketch: Image.Image | None,

@@ -1,4 +1,5 @@
-"""The studio page: sketch tabs and settings on top, the gallery and PNG downloads below, then the history.
+"""The studio page: sketch tabs and settings on top; the gallery, what the model sees and the PNG downloads below;
+then the history.
 
 Only layout and wiring live here; what each control does is in actions.py. A user's mistake becomes a warning
 toast (and, for Generate, a line under the button), never a traceback; per-session state (the sketch source,
@@ -14,8 +15,9 @@ import gradio as gr
 from PIL import Image
 
 from fashionsd_x.apps.studio.actions import (HISTORY_HEADERS, MAX_IMAGES, MAX_SEED, MAX_STEPS, HistoryEntry,
-                                             Settings, SketchSettings, control_values, extract, history_rows,
-                                             load_upload, pick_sketch, reuse, run_generation)
+                                             Settings, SketchSettings, blank_canvas, control_values, extract,
+                                             history_rows, load_upload, model_view, pick_sketch, reuse,
+                                             run_generation)
 from fashionsd_x.data.images import IMAGE_EXTENSIONS
 from fashionsd_x.data.sketch import SKETCH_METHODS
 from fashionsd_x.generate import SCHEDULERS, GarmentGenerator, read_params
@@ -23,6 +25,8 @@ from fashionsd_x.generate import SCHEDULERS, GarmentGenerator, read_params
 TAB_LABELS = {"draw": "Draw", "upload": "Upload sketch", "photo": "From photo", "prompt": "Prompt only"}
 CANVAS = 512  # drawing canvas side in pixels; the sketch is resized to the model's resolution like any other
 PREVIEW = 384  # a sketch preview smaller than this is enlarged (nearest: the model's pixels stay visible)
+BRUSH_SIZE = 4  # Gradio's brush size is a radius: lines 8 px wide on the 512 px canvas, 2 px at 128
+MODEL_VIEW_HINT = "What the model receives from the sketch shows here (a drawing's, once generated)."
 
 
 def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
@@ -41,12 +45,19 @@ def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
                 message = gr.Markdown(elem_id="message")
         with gr.Row():
             gallery = gr.Gallery(label="Garments", columns=4, height=250, format="png", elem_id="gallery", scale=3)
+            with gr.Column(scale=1, min_width=200):
+                # A caption above, not the image's label: Gradio lays a label over the image's top edge.
+                gr.Markdown(f"**What the model sees** ({generator.resolution} px)")
+                seen = gr.Image(label="What the model sees", show_label=False, interactive=False, format="png",
+                                height=250, buttons=["download", "fullscreen"], elem_id="model-view")
+                seen_note = gr.Markdown(MODEL_VIEW_HINT, elem_id="model-view-note")
             files = gr.File(label="Download PNGs (parameters embedded)", file_count="multiple",
                             interactive=False, elem_id="downloads", scale=1)
         table = gr.Dataframe(headers=HISTORY_HEADERS, label="History (click a row to reuse its settings)",
                              interactive=False, elem_id="history", max_height=260)
         _wire_generate(generator, out, button, source, sketch_inputs, controls, history,
-                       [gallery, files, history, table, message])
+                       [gallery, files, history, table, message, seen, seen_note])
+        _wire_model_view(generator, sketch_inputs, [seen, seen_note])
         _wire_reuse(table, history, controls, sketch_inputs, source, [gallery, files, message])
     return demo
 
@@ -65,9 +76,10 @@ def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dic
     with gr.Tabs(selected=source.value) as tabs:
         with gr.Tab(TAB_LABELS["draw"], id="draw", visible=has_controlnet) as draw:
             inputs["canvas"] = gr.Sketchpad(
-                label="Sketch: pick the brush and draw", type="pil", image_mode="RGBA", height=520,
-                canvas_size=(CANVAS, CANVAS), elem_id="canvas",
-                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed", default_size=4))
+                blank_canvas(CANVAS), label="Sketch: draw with the mouse or a pen", type="pil", image_mode="RGBA",
+                height=520, canvas_size=(CANVAS, CANVAS), elem_id="canvas",
+                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
+                               default_size=BRUSH_SIZE))
         with gr.Tab(TAB_LABELS["upload"], id="upload", visible=has_controlnet) as upload:
             inputs["upload"] = _upload("Sketch image", "sketch-upload")
             inputs["upload_preview"] = gr.Image(label="Sketch", interactive=False, format="png", height=300,
@@ -80,6 +92,8 @@ def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dic
         tab.select(lambda name=name: name, None, source, queue=False)
     inputs["tabs"] = tabs
     inputs["upload"].change(_preview_upload, inputs["upload"], [inputs["upload_preview"]])
+    # Clearing empties the editor, which then drops the brush (see blank_canvas): a fresh sheet brings it back.
+    inputs["canvas"].clear(lambda: blank_canvas(CANVAS), None, inputs["canvas"], queue=False)
     return inputs
 
 
@@ -97,7 +111,7 @@ def _photo_controls(resolution: int) -> dict[str, Any]:
         controls["block_size"] = gr.Slider(3, 51, value=11, step=2, label="Block size (adaptive)",
                                            elem_id="block-size")
         controls["offset"] = gr.Slider(0.5, 20, value=2.0, step=0.5, label="Offset (adaptive)", elem_id="offset")
-    controls["photo_sketch"] = gr.Image(label=f"Extracted sketch (as the model sees it, {resolution} px)",
+    controls["photo_sketch"] = gr.Image(label=f"Extracted sketch ({resolution} px)",
                                         interactive=False, format="png", height=300, elem_id="photo-sketch")
     gr.on([controls[name].change for name in ("photo", "method", "block_size", "offset")],
           lambda *values: _enlarged(_shown(*extract(*values, resolution=resolution))),
@@ -140,16 +154,44 @@ def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, so
         for note in outcome.notes:
             gr.Info(note)
         rows = history_rows(outcome.history)
-        return _captioned(outcome.files), _paths(outcome.files), outcome.history, rows, "  \n".join(outcome.notes)
+        seen_note = ("What the model received for these garments." if outcome.seen
+                     else "Prompt only: the model got no sketch.")
+        return (_captioned(outcome.files), _paths(outcome.files), outcome.history, rows, "  \n".join(outcome.notes),
+                _enlarged(outcome.seen), seen_note)
 
     button.click(generate, [source, *sketch_parts, history, *controls], outputs, concurrency_limit=1,
                  concurrency_id="generator")
 
 
 def _failed(message: str, history: list[HistoryEntry]) -> tuple:
-    """Outputs of a Generate that did not run: the gallery and downloads kept, the message shown."""
+    """Outputs of a Generate that did not run: the gallery, downloads and model view kept, the message shown."""
     gr.Warning(message)
-    return gr.skip(), gr.skip(), history, history_rows(history), f"⚠️ {message}"
+    return gr.skip(), gr.skip(), history, history_rows(history), f"⚠️ {message}", gr.skip(), gr.skip()
+
+
+def _wire_model_view(generator: GarmentGenerator, sketch_inputs: dict[str, Any], outputs: list[Any]) -> None:
+    """Show what the model will receive as soon as a sketch is uploaded or a photo's sketch is tuned.
+
+    Not for the canvas: Gradio 6.31's editor sends no event for some strokes (seen in headless Chromium), so a live
+    view of a drawing could show an older state of it; a drawing's view comes with its garments instead.
+    """
+    resolution = generator.resolution
+    sketch_inputs["upload"].change(lambda path: _viewed(generator, load_upload(path)[0], "the uploaded sketch"),
+                                   sketch_inputs["upload"], outputs, show_progress="hidden")
+    photo_parts = [sketch_inputs[name] for name in ("photo", "method", "block_size", "offset")]
+    gr.on([part.change for part in photo_parts],
+          lambda *values: _viewed(generator, extract(*values, resolution=resolution)[0], "the photo's sketch"),
+          photo_parts, outputs, trigger_mode="always_last", show_progress="hidden")
+
+
+def _viewed(generator: GarmentGenerator, sketch: Image.Image | None, what: str) -> tuple:
+    """The model view of `sketch` and its caption; nothing changes without a sketch (its tab says why)."""
+    if sketch is None:
+        return gr.skip(), gr.skip()
+    image, problem = model_view(generator, sketch)
+    if image is None:
+        return None, f"⚠️ {what}: {problem}"
+    return _enlarged(image), f"What the model will receive from {what}."
 
 
 def _wire_reuse(table: gr.Dataframe, history: gr.State, controls: list[Any], sketch_inputs: dict[str, Any],
