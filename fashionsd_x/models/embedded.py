@@ -118,9 +118,17 @@ def write_card(root: Path) -> Path:
               "learning rates for a model this small (settings in recipe.json). The new collection varies each "
               "garment's size and place in the frame, which no caption says, so only the sketch tells the "
               "silhouette.", ""]
+    if stages["controlnet"].get("continued_from"):
+        lines += [f"This release retrained stages 4 and 5 on the shipped base (`fsdx train tiny --base-from`): a new "
+                  "LoRA, and the ControlNet continued from the previous one with normalised sketches and "
+                  "sketch-style augmentation (settings in controlnet/train_config.yaml).", ""]
     if metrics:
         lines += [f"## Evaluation ({metrics['num_items']} held-out new-collection garments, `fsdx evaluate`)", "",
                   *_metric_rows(metrics["variants"]), ""]
+    styles = stages.get("evaluate", {}).get("styles", {}).get("by_style")
+    if styles:
+        lines += ["## Designers' sketches (`fsdx data sketch-styles`, LoRA + ControlNet)", "",
+                  *_metric_rows({style: variants["fashionsd-x"] for style, variants in styles.items()}, "style"), ""]
     lines += ["## Use", "", "```python", "from diffusers import StableDiffusionPipeline, ControlNetModel",
               "pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_DIR)",
               'pipe.load_lora_weights(EMBEDDED_DIR / "lora")',
@@ -153,10 +161,10 @@ def _data_cell(name: str, figures: dict) -> str:
     return f"{name}: {counts} ({', '.join(figures['patterns'])}; {figures['framing']} framing)"
 
 
-def _metric_rows(variants: dict) -> list[str]:
+def _metric_rows(variants: dict, first: str = "variant") -> list[str]:
     names = {"silhouette_iou": "silhouette IoU", "color_accuracy": "colour accuracy",
              "pattern_accuracy": "pattern accuracy", "sketch_mse": "sketch MSE", "ssim": "SSIM"}
-    lines = ["| variant | " + " | ".join(names.values()) + " |", "|" + " --- |" * (len(names) + 1)]
+    lines = [f"| {first} | " + " | ".join(names.values()) + " |", "|" + " --- |" * (len(names) + 1)]
     for variant, scores in variants.items():
         lines.append(f"| {variant} | " + " | ".join(f"{scores[key]:.3f}" if key in scores else "n/a"
                                                       for key in names) + " |")

@@ -99,8 +99,8 @@ class RecipeConfig:
     # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
     controlnet_continue_steps: int = 1500
     seed: int = 0  # weights and every random draw of the training stages
-    eval_items: int = 150  # held-out new-collection garments the final evaluation generates per variant
-    style_items: int = 24  # sketches per style of the sketch-style benchmark the final evaluation also runs
+    eval_items: int = 100  # held-out new-collection garments the final evaluation generates per variant
+    style_items: int = 12  # sketches per style of the sketch-style benchmark the final evaluation also runs
 
 
 def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
