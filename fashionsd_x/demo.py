@@ -51,9 +51,10 @@ class DemoResult:
     sheet: Path  # the contact sheet: each sketch beside its garments, the prompt under each
     images: list[Path]  # every generated garment (its PNG holds the parameters that reproduce it)
     seconds: float  # wall time, model loading included
+    sketches: int  # how many sketches they were made from
 
     def lines(self) -> list[str]:
-        return [f"generated {len(self.images)} garments from {len(DEMO_ITEMS)} sketches in {self.seconds:.1f} s "
+        return [f"generated {len(self.images)} garments from {self.sketches} sketches in {self.seconds:.1f} s "
                 f"({self.images[0].parent})", f"contact sheet: {self.sheet}"]
 
 
@@ -74,7 +75,8 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
     started = time.monotonic()
     generator = GarmentGenerator.load(model)
     rows, paths, hand_drawn = [], [], []
-    for name, sketch, prompts in read_demo_items():
+    items = read_demo_items()
+    for name, sketch, prompts in items:
         results = [generator(prompt, sketch=sketch, steps=steps, seed=seed, guidance_scale=guidance_scale)[0]
                    for prompt in prompts]
         paths += [result.save(Path(out) / "images" / f"{name}_{k}.png") for k, result in enumerate(results)]
@@ -84,7 +86,7 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
         else:
             rows.append(cells)
     sheet = contact_sheet(rows + ([hand_drawn] if hand_drawn else []), Path(out) / "contact_sheet.png")
-    return DemoResult(sheet, paths, time.monotonic() - started)
+    return DemoResult(sheet, paths, time.monotonic() - started, len(items))
 
 
 def read_demo_items(root: Path = EMBEDDED_DIR / "demo") -> list[tuple[str, Path, list[str]]]:

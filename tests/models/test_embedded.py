@@ -29,9 +29,9 @@ from fashionsd_x.models.embedded import EMBEDDED_DIR, embedded_model, size_mb
 from tests.test_cli import fsdx
 
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".png", ".yaml"}
-# Measured on the shipped weights (the 12 demo prompts, seed 0, 20 UniPC steps, guidance 7.5): silhouette IoU
+# Set on the previous weights (the 12 demo prompts, seed 0, 20 UniPC steps, guidance 7.5: silhouette IoU
 # 0.915 with the sketch and 0.390 without (two demo sketches are smaller and off centre), colour accuracy 1.0
-# with the sketch and 1.0 without, pattern accuracy 0.42 (5 of 12).
+# with the sketch and 1.0 without, pattern accuracy 0.42 (5 of 12)); the retrained weights of the sketch-style release pass them too.
 MIN_SILHOUETTE_IOU = 0.85
 MIN_TEXT_ONLY_GAP = 0.4  # sketch-guided IoU minus text-only IoU
 MIN_COLOR_ACCURACY = 0.85  # with the sketch: 11 of 12
@@ -109,13 +109,15 @@ def test_quality_on_the_demo_sketches(demo_results):
 
 
 # Designers' sketches (the sketch-style benchmark's code, seed 7: items no evaluation in the README used), one
-# plain and one printed garment per style, seed 0, 20 steps. Measured on the shipped weights: see MIN_STYLE_*.
+# plain and one printed garment per style, seed 0, 20 steps. Measured on the shipped weights: mean silhouette
+# IoU 0.832, worst style 0.729 (detailed), plain prompts drawn plain 3 of 6, colour 12 of 12. Prints asked on
+# these outline sketches came out 0 of 6 (they do on the demo's catalogue sketches, checked above): a known
+# shortfall, so no threshold pretends otherwise.
 STYLE_SEED = 7
-MIN_STYLE_IOU = 0.0  # mean silhouette IoU over the 12 sketches
-MIN_STYLE_IOU_EACH = 0.0  # the worst style's mean
-MIN_PLAIN_SOLID = 0.0  # share of "plain" prompts whose garment has no print
-MIN_PRINTS = 0.0  # share of print prompts whose garment shows the asked print
-MIN_STYLE_COLOR = 0.0
+MIN_STYLE_IOU = 0.75  # mean silhouette IoU over the 12 sketches (text only scores about 0.3 on such sketches)
+MIN_STYLE_IOU_EACH = 0.65  # the worst style's mean
+MIN_PLAIN_SOLID = 0.33  # share of "plain" prompts whose garment has no print: a model printing on all scores 0
+MIN_STYLE_COLOR = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +136,10 @@ def test_quality_on_designers_sketches(style_results):
     ious = {style: statistics.fmean(mask_iou(image, Image.fromarray(item.silhouette))
                                     for name, item, image in style_results if name == style) for style in STYLES}
     plain = [image for _, item, image in style_results if item.pattern == "solid"]
-    printed = [(image, item.pattern) for _, item, image in style_results if item.pattern != "solid"]
     print({style: round(value, 3) for style, value in ious.items()})
     assert statistics.fmean(ious.values()) >= MIN_STYLE_IOU, ious
     assert min(ious.values()) >= MIN_STYLE_IOU_EACH, ious
-    # Both directions: a model printing dots on everything fails the first, one that never prints the second.
+    # A model printing dots on everything fails this; the demo test above fails one that never prints.
     assert pattern_accuracy(plain, ["solid"] * len(plain)) >= MIN_PLAIN_SOLID
-    assert pattern_accuracy([image for image, _ in printed], [pattern for _, pattern in printed]) >= MIN_PRINTS
     assert color_accuracy([image for *_, image in style_results],
                           [item.color for _, item, _ in style_results]) >= MIN_STYLE_COLOR
