@@ -470,28 +470,27 @@ def _outline_lines(flat: _Flat, to_pixels: Callable[[Any], np.ndarray]) -> list[
 
 def _fine_line(flat: _Flat, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     side = int(rng.integers(1024, 2049))
-    sheet = _Sheet(side, side, (0.55, 0.92), side * rng.uniform(0.0018, 0.0028))
-    to_pixels = _placement(flat, sheet, rng)
-    shape = (side, side)
-    coverage = _stroke(shape, _outline_lines(flat, to_pixels), sheet.line)
-    return _ink_on_paper(coverage, rng.uniform(0, 25)), _fill(shape, to_pixels(flat.outline))
+    return _outline_on_sheet(flat, _Sheet(side, side, (0.55, 0.92), side * rng.uniform(0.0018, 0.0028)), rng, 25)
 
 
 def _off_centre(flat: _Flat, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     short, long = int(rng.integers(850, 951)), int(rng.integers(1150, 1251))
     width, height = (short, long) if rng.random() < 0.5 else (long, short)
-    sheet = _Sheet(width, height, (0.5, 0.62), rng.uniform(2.0, 4.0), corner=True)
-    to_pixels = _placement(flat, sheet, rng)
-    coverage = _stroke((height, width), _outline_lines(flat, to_pixels), sheet.line)
-    return _ink_on_paper(coverage, rng.uniform(0, 30)), _fill((height, width), to_pixels(flat.outline))
+    return _outline_on_sheet(flat, _Sheet(width, height, (0.5, 0.62), rng.uniform(2.0, 4.0), corner=True), rng, 30)
 
 
 def _small_lowres(flat: _Flat, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     side = int(rng.integers(64, 101))
-    sheet = _Sheet(side, side, (0.6, 0.92), 1.0)
+    return _outline_on_sheet(flat, _Sheet(side, side, (0.6, 0.92), 1.0), rng, 40)
+
+
+def _outline_on_sheet(flat: _Flat, sheet: _Sheet, rng: np.random.Generator,
+                      darkest_grey: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sketch, silhouette) of a plain outline on white: placed, stroked at sheet.line, inked up to DARKEST_GREY."""
     to_pixels = _placement(flat, sheet, rng)
-    coverage = _stroke((side, side), _outline_lines(flat, to_pixels), 1.0)
-    return _ink_on_paper(coverage, rng.uniform(0, 40)), _fill((side, side), to_pixels(flat.outline))
+    shape = (sheet.height, sheet.width)
+    coverage = _stroke(shape, _outline_lines(flat, to_pixels), sheet.line)
+    return _ink_on_paper(coverage, rng.uniform(0, darkest_grey)), _fill(shape, to_pixels(flat.outline))
 
 
 def _detailed(flat: _Flat, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -205,13 +205,6 @@ def _reusable(path: Path, expected: dict[str, Any]) -> bool:
     return all(getattr(params, name) == value for name, value in expected.items())
 
 
-def score_variants(rows: list[dict], generated: dict[str, list[Image.Image]], clip_model: str,
-                   inception_weights: Path | None) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """variant -> metric -> value, and metric -> reason for those that could not be computed."""
-    scores = score_items(rows, generated, clip_model, inception_weights)
-    return scores.table(), scores.unavailable
-
-
 @dataclass
 class ItemScores:
     """Every metric of every variant, kept per item, so the whole split and any part of it (one sketch style)

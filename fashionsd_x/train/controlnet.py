@@ -93,6 +93,8 @@ class ControlNetMethod(Method):
         self.controlnet = load_controlnet(config.init, base) if config.init else ControlNetModel.from_unet(
             base.unet, conditioning_embedding_out_channels=embedding_channels(base.vae_scale_factor))
         self.controlnet.requires_grad_(True)
+        # Parsed once: prepare_batch runs per micro-batch.
+        self.conditioning, self.augment = config.conditioning(), config.augmentation()
 
     def trainable(self) -> list[torch.nn.Module]:
         return [self.controlnet]
@@ -108,22 +110,22 @@ class ControlNetMethod(Method):
                                                  controlnet=self.unwrap(self.prepared[0]))
 
     def validation_inputs(self, sketch: Image.Image | None) -> dict:
-        image = control_image(sketch, self.config.resolution, self.config.invert_sketch, self.config.conditioning())[None]
+        image = control_image(sketch, self.config.resolution, self.config.invert_sketch, self.conditioning)[None]
         return {"image": image, "controlnet_conditioning_scale": self.config.conditioning_scale}
 
     def item_options(self) -> dict[str, Any]:
-        return {"conditioning": self.config.conditioning(), "raw_sketch": self.config.augmentation() is not None}
+        return {"conditioning": self.conditioning, "raw_sketch": self.augment is not None}
 
     def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
         """Sketch-style augmentation, then conditioning, per sample (sample k draws from (SEED, k))."""
-        augment = self.config.augmentation()
+        augment, config = self.augment, self.config
         if augment is None:
             return
-        device, config = batch["index"].device, self.config
+        device = batch["index"].device
         controls, pixels = [], []
         for k, (sketch, image) in enumerate(zip(batch.pop("sketch_raw"), batch.pop("image_raw"))):
             sketch, image = augment_sample(sketch, image, augment, np.random.default_rng(derive_seed(seed, k)))
-            controls.append(control_image(sketch, config.resolution, config.invert_sketch, config.conditioning()))
+            controls.append(control_image(sketch, config.resolution, config.invert_sketch, self.conditioning))
             if augment.moves_garment():
                 pixels.append(image_tensor(Image.fromarray(image), config.resolution))
         batch["control"] = torch.stack(controls).to(device)

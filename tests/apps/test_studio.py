@@ -241,23 +241,6 @@ def test_cli_help_and_a_taken_port(tmp_path, capsys):
             serve_studio(model=str(tmp_path / "never-loaded"), port=busy.getsockname()[1])
 
 
-@pytest.fixture
-def page():
-    """A headless Chromium page, or a skip naming what is missing (CI without Chromium still passes)."""
-    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    from playwright.sync_api import Error, sync_playwright
-
-    if not Path(screenshots.CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {screenshots.CHROMIUM}")
-    with sync_playwright() as playwright:
-        try:
-            browser = screenshots.launch_chromium(playwright)
-        except Error as error:
-            pytest.skip(f"headless Chromium did not start: {str(error).splitlines()[0]}")
-        yield browser.new_page(viewport=screenshots.VIEWPORT)
-        browser.close()
-
-
 def test_browser_upload_prompt_generate_download_and_reuse(generator, page, tmp_path, one_thread):
     with screenshots.serving(generator, tmp_path / "out") as url:
         links = screenshots.generate_in_browser(page, url, _sketch_file(tmp_path), "a red dress", steps=STEPS)

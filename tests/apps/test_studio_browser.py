@@ -8,8 +8,7 @@ than the canvas, so a garment generated from the prompt alone (centred, standard
 from __future__ import annotations
 
 import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,23 +45,6 @@ TO_PAGE = """points => { const e = window.editor, box = e.app.canvas.getBounding
 def embedded() -> GarmentGenerator:
     """The shipped default model, as `fsdx studio` loads it."""
     return GarmentGenerator.load(device="cpu")
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    """A headless Chromium page, or a skip naming what is missing."""
-    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    from playwright.sync_api import Error, sync_playwright
-
-    if not Path(screenshots.CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {screenshots.CHROMIUM}")
-    with sync_playwright() as playwright:
-        try:
-            browser = screenshots.launch_chromium(playwright)
-        except Error as error:
-            pytest.skip(f"headless Chromium did not start: {str(error).splitlines()[0]}")
-        yield browser.new_page(viewport=screenshots.VIEWPORT)
-        browser.close()
 
 
 def outline() -> list[tuple[float, float]]:
