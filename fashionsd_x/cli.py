@@ -3,13 +3,15 @@
 Options are made from the stage function's signature (name -> --kebab-case, type, default) and its help
 from the docstring's Args section, so the CLI and the Python API cannot drift apart. Expected failures
 (bad layout, bad input, bad settings) print one line and exit with code 2 (FSDX_DEBUG=1 shows the
-traceback instead); nothing here does real work.
+traceback instead); nothing here does real work. Numbers are checked as they are parsed: a float option
+must be finite, an int option within int64 (a stage checks its own ranges).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import sys
 import types
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 USAGE_ERROR = 2
+INT64 = (-2**63, 2**63 - 1)  # what an int option may hold: torch, numpy and SQLite all stop here
 OVERRIDES = "overrides"  # a stage parameter of this name takes any other `--key value` as config overrides
 OVERRIDES_EPILOG = "Any other field of the run's config can be set as --field value (e.g. --snr-gamma 5)."
 
@@ -36,6 +39,7 @@ class Command:
     summary: str  # one line for `fsdx --help` (the full help is the function's docstring)
     positional: tuple[str, ...] = ()  # parameters given without a flag
     show: str = ""  # "module:function" printing the result and returning the exit code
+    check: str = ""  # "module:function" refusing bad arguments before the stage starts (for stages that don't)
 
     def function(self) -> Callable[..., Any]:
         return _resolve(self.target)
@@ -65,7 +69,7 @@ COMMANDS = (
             "fashionsd_x.cli_show:generate"),
     Command("evaluate", "fashionsd_x.evaluate.protocol:evaluate",
             "evaluate vanilla SD, LoRA and LoRA + ControlNet with the paper's metrics", (),
-            "fashionsd_x.cli_show:evaluate"),
+            "fashionsd_x.cli_show:evaluate", "fashionsd_x.cli:check_generation_settings"),
     Command("studio", "fashionsd_x.apps.studio:serve_studio", "serve FashionSD-X Studio, the designers' web app",
             (), "fashionsd_x.apps.studio:show"),
     Command("study create", "fashionsd_x.apps.study.create:create_study",
@@ -76,7 +80,7 @@ COMMANDS = (
             "win rates, confidence intervals, tests and agreement of a user study", ("db",),
             "fashionsd_x.apps.study.analyze:show"),
     Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
-            "fashionsd_x.cli_show:demo"),
+            "fashionsd_x.cli_show:demo", "fashionsd_x.cli:check_generation_settings"),
 )
 
 # Options whose spelling on the command line differs from the parameter name.
@@ -100,9 +104,52 @@ def select_command(argv: Sequence[str]) -> Command | None:
     return max(matches, key=lambda c: len(c.name.split()), default=None)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error style: a bad option is one line and exit code 2 (the usage is in --help)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """A float option's value: NaN and infinity are refused here, so no stage ever sees them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int64(text: str) -> int:
+    """An int option's value, within int64."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not INT64[0] <= value <= INT64[1]:
+        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+        raise argparse.ArgumentTypeError(f"expected a whole number from -2^63 to 2^63-1, got {shown}")
+    return value
+
+
+NUMBER_TYPES = {float: finite_float, int: int64}  # how an option of a stage parameter's type is parsed
+
+
+def check_generation_settings(**kwargs: Any) -> None:
+    """Refuse the generation numbers of a stage that passes them on as given (evaluate, demo) before it opens a
+    dataset or loads a model: the ranges of `fashionsd_x.generate.check_settings`, and --limit >= 1."""
+    from fashionsd_x.generate import SETTINGS_RANGES, check_settings
+
+    check_settings(**{name: value for name, value in kwargs.items() if name in SETTINGS_RANGES})
+    if kwargs.get("limit") is not None and kwargs["limit"] < 1:
+        raise CommandError(f"--limit must be at least 1, got {kwargs['limit']}")
+
+
 def build_parser(selected: Command | None = None) -> argparse.ArgumentParser:
     """The `fsdx` parser; only the selected command's stage module is imported (keeps --help fast)."""
-    parser = argparse.ArgumentParser(prog="fsdx", description=_package_doc())
+    parser = Parser(prog="fsdx", description=_package_doc())
     parser.add_argument("--version", action="version", version=f"fsdx {_version()}")
     groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
     for command in COMMANDS:
@@ -140,7 +187,7 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
             parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                 default=False if required else parameter.default, help=help_text)
             continue
-        options: dict[str, Any] = {"type": kind, "help": help_text, "choices": choices}
+        options: dict[str, Any] = {"type": NUMBER_TYPES.get(kind, kind), "help": help_text, "choices": choices}
         if is_list:
             options["nargs"] = "+"
         if name in positional:
@@ -243,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if command.check:
+            _resolve(command.check)(**kwargs)
         result = command.function()(**kwargs)
         return int(_resolve(command.show)(result) or 0) if command.show else 0
     except KeyboardInterrupt:

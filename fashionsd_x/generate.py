@@ -14,17 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
+import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import yaml
 from diffusers import (ControlNetModel, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        StableDiffusionControlNetPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
 from PIL import Image, PngImagePlugin
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, control_image
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
@@ -38,10 +42,65 @@ SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "fashionsd_x"  # adapter name of the loaded LoRA
 PNG_KEY = "fashionsd_x"  # PNG text chunk holding the JSON parameters; "parameters" holds the A1111-style line
+# torch's generator takes seeds up to 2**64 - 1, but the seed also goes to JSON, PNG text and SQLite (the study),
+# whose readers hold int64: one range everywhere, and no negative seed aliasing a positive one.
+MAX_SEED = 2**63 - 1
+MAX_IMAGES = 64  # images of one call; they run as one batch through the UNet
+MAX_STEPS = 1000  # the SD schedulers' training timesteps: diffusers refuses more inference steps than that
+MAX_RESOLUTION = 2048
+# Every number a generation takes: (whole number?, lowest, highest). Beyond these a finite value still ends in
+# an overflowing latent and a black or noise image, which is worse than an error.
+SETTINGS_RANGES: dict[str, tuple[bool, float, float]] = {
+    "num_images": (True, 1, MAX_IMAGES),
+    "steps": (True, 1, MAX_STEPS),
+    "seed": (True, 0, MAX_SEED),
+    "resolution": (True, 8, MAX_RESOLUTION),
+    "guidance_scale": (False, 0.0, 100.0),
+    "controlnet_scale": (False, 0.0, 10.0),
+    "lora_scale": (False, -10.0, 10.0),  # negative: steer away from the LoRA's style
+}
 
 
 class GenerationError(ValueError):
     """Bad input to generation (unreadable sketch, mismatched LoRA or ControlNet, ...); one line."""
+
+
+def check_int(name: str, value: Any, lowest: int, highest: int) -> int:
+    """`value` as an int in [lowest, highest], or a GenerationError naming `name` and the range.
+
+    A float is taken only when it is whole (Gradio and JSON give 5.0 for 5); bools and strings are refused.
+    """
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and math.isfinite(value)
+                                                     and float(value).is_integer())
+    if isinstance(value, bool) or not whole or not lowest <= int(value) <= highest:
+        raise GenerationError(f"{name} must be a whole number from {lowest} to {highest}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, lowest: float, highest: float) -> float:
+    """`value` as a finite float in [lowest, highest], or a GenerationError naming `name` and the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not lowest <= value <= highest:
+        raise GenerationError(f"{name} must be a finite number from {lowest:g} to {highest:g}, got {value!r}")
+    return float(value)
+
+
+def check_settings(**settings: Any) -> dict[str, int | float]:
+    """The generation numbers given (names of SETTINGS_RANGES; None means "the default" and is left out),
+    checked and converted; the CLI, the Python API, batch files and the studio all check with this.
+
+    Image k of a call uses seed + k, so the last seed must be in range too.
+    """
+    checked: dict[str, int | float] = {}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        whole, lowest, highest = SETTINGS_RANGES[name]
+        checked[name] = (check_int if whole else check_float)(name, value, lowest, highest)
+    if "seed" in checked and checked["seed"] + checked.get("num_images", 1) - 1 > MAX_SEED:
+        raise GenerationError(f"seed + num_images - 1 must be at most {MAX_SEED} (image k uses seed + k), got "
+                              f"seed {checked['seed']} with {checked['num_images']} images")
+    return checked
 
 
 @dataclass(frozen=True)
@@ -71,9 +130,8 @@ class GenerationParams:
             raise GenerationError("the prompt is empty: describe the garment, e.g. 'a red striped t-shirt'")
         if self.scheduler not in SCHEDULERS:
             raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if self.steps < 1 or self.resolution < 8:
-            raise GenerationError(f"steps must be >= 1 and resolution >= 8 (got steps={self.steps}, "
-                                  f"resolution={self.resolution})")
+        check_settings(seed=self.seed, steps=self.steps, guidance_scale=self.guidance_scale,
+                       controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution)
 
 
 @dataclass
@@ -137,6 +195,7 @@ class GarmentGenerator:
     def __init__(self, base: Base, lora: str | Path | None = None, controlnet: str | Path | None = None,
                  lora_scale: float = 1.0, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  fuse_lora: bool = True) -> None:
+        lora_scale = check_settings(lora_scale=lora_scale)["lora_scale"]
         self.device = torch.device(device) if device is not None else best_device()
         self.dtype = dtype or default_dtype(self.device)
         self.base = base
@@ -168,8 +227,14 @@ class GarmentGenerator:
              controlnet: str | Path | None = None, **options: Any) -> GarmentGenerator:
         """Load the base (hub id, diffusers folder or .safetensors file) and build the generator.
 
-        No model (or "tiny"): the embedded model with its LoRA and ControlNet, unless others are given."""
+        No model (or "tiny"): the embedded model with its LoRA and ControlNet, unless others are given. The LoRA
+        and ControlNet files are checked before the base is loaded, which can take minutes."""
         model, lora, controlnet = with_embedded(model, lora, controlnet)
+        check_settings(lora_scale=options.get("lora_scale"))
+        if lora:
+            _lora_file(Path(lora))
+        if controlnet:
+            _controlnet_folder(Path(controlnet))
         device = torch.device(options.pop("device", None) or best_device())
         dtype = options.pop("dtype", None) or default_dtype(device)
         return cls(load_base(model, torch_dtype=dtype), lora=lora, controlnet=controlnet, device=device, dtype=dtype,
@@ -184,12 +249,19 @@ class GarmentGenerator:
                  steps: int = 20, guidance_scale: float = 7.5, controlnet_scale: float = 1.0,
                  lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
                  resolution: int | None = None) -> list[Generated]:
-        """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet."""
+        """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet.
+
+        Every number is checked (`check_settings`) before anything runs: a NaN or an out-of-range value is a
+        GenerationError, never a silently clipped setting or a black image."""
         if sketch is not None and photo is not None:
             raise GenerationError("give a sketch or a photo, not both")
-        if num_images < 1:
-            raise GenerationError(f"num_images must be at least 1, got {num_images}")
-        resolution = resolution or self.resolution
+        checked = check_settings(num_images=num_images, steps=steps, guidance_scale=guidance_scale,
+                                  controlnet_scale=controlnet_scale, lora_scale=lora_scale, seed=seed,
+                                  resolution=resolution)
+        num_images, steps, seed = checked["num_images"], checked["steps"], checked["seed"]
+        guidance_scale, controlnet_scale = checked["guidance_scale"], checked["controlnet_scale"]
+        lora_scale = checked.get("lora_scale")
+        resolution = checked.get("resolution") or self.resolution
         self.base.check_resolution(resolution)
         conditioning, source, digest = self._conditioning(sketch if sketch is not None else photo, photo is not None,
                                                           resolution)
@@ -233,12 +305,17 @@ class GarmentGenerator:
             prompt_embeds=positive.expand(count, -1, -1), negative_prompt_embeds=negative.expand(count, -1, -1),
             num_inference_steps=params.steps, guidance_scale=params.guidance_scale, height=params.resolution,
             width=params.resolution, latents=latents.to(self.device, self.dtype), generator=generators,
-            output_type="pil")
+            output_type="np")
         if conditioning is not None:
             kwargs.update(image=conditioning.unsqueeze(0).expand(count, -1, -1, -1).to(self.device, self.dtype),
                           controlnet_conditioning_scale=params.controlnet_scale)
         with torch.inference_mode():
-            return pipe(**kwargs).images
+            pixels = pipe(**kwargs).images
+        # As "pil" would, but checked first: NaN pixels become 0 in the uint8 cast, a black image that looks valid.
+        if not np.isfinite(pixels).all():
+            raise GenerationError("the model produced non-finite pixels (NaN or inf): its weights may be damaged, or "
+                                  "half precision overflowed; try lower guidance/ControlNet/LoRA scales or float32")
+        return pipe.numpy_to_pil(pixels)
 
     def _latent_shape(self, resolution: int) -> tuple[int, int, int]:
         side = resolution // self.base.vae_scale_factor
@@ -306,11 +383,32 @@ def _warn_if_truncated(tokenizer, prompt: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def _load_lora(pipe: StableDiffusionPipeline, lora: Path) -> None:
-    """Load a LoRA folder or file, refusing one made for another base architecture (diffusers only warns)."""
+def _lora_file(lora: Path) -> Path:
+    """The LoRA's weights file (LORA_FILE in a folder, or the file given), checked to be a safetensors file."""
     file = lora / LORA_FILE if lora.is_dir() else lora
     if not file.is_file():
         raise GenerationError(f"no LoRA at {lora} (expected {LORA_FILE} in the folder, or a .safetensors file)")
+    _check_safetensors(file)
+    return file
+
+
+def _check_safetensors(file: Path) -> None:
+    """Refuse a file that is not safetensors (a pickle renamed, a truncated download) before a loader reads it.
+
+    safe_open only parses the JSON header and checks that it covers the file; nothing is ever unpickled.
+    """
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        reason = " ".join(str(error).split())
+        raise GenerationError(f"{file} is not a valid safetensors file ({reason}); FashionSD-X loads weights only "
+                              "as safetensors, never pickles: re-export or re-download it") from None
+
+
+def _load_lora(pipe: StableDiffusionPipeline, lora: Path) -> None:
+    """Load a LoRA folder or file, refusing one made for another base architecture (diffusers only warns)."""
+    file = _lora_file(lora)
     _check_lora_shapes(file, pipe.unet)
     pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER)
 
@@ -339,10 +437,7 @@ def _load_controlnet(path: str | Path | None,
     """The ControlNet and how its sketches were made and conditioned in training (its train_config.yaml)."""
     if not path:
         return None, False, SketchConfig(), SketchConditioning()
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise GenerationError(f"no ControlNet at {folder} (expected a folder with config.json, as "
-                              "`fsdx train controlnet` writes)")
+    folder = _controlnet_folder(Path(path))
     controlnet = ControlNetModel.from_pretrained(folder, use_safetensors=True)
     _check_controlnet(controlnet, base, folder)
     settings = yaml.safe_load((folder / "train_config.yaml").read_text()) if (folder / "train_config.yaml").is_file() else {}
@@ -350,6 +445,19 @@ def _load_controlnet(path: str | Path | None,
     # A ControlNet trained before normalisation existed has no sketch_conditioning: it gets the old resize only.
     conditioning = SketchConditioning.from_dict(settings.get("sketch_conditioning"))
     return controlnet.eval(), bool(settings.get("invert_sketch", False)), sketch, conditioning
+
+
+def _controlnet_folder(folder: Path) -> Path:
+    """A ControlNet folder with config.json and safetensors weights (every shard checked), or a GenerationError."""
+    if not (folder / "config.json").is_file():
+        raise GenerationError(f"no ControlNet at {folder} (expected a folder with config.json, as "
+                              "`fsdx train controlnet` writes)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise GenerationError(f"no ControlNet weights in {folder} (expected diffusion_pytorch_model.safetensors)")
+    for file in weights:
+        _check_safetensors(file)
+    return folder
 
 
 def _check_controlnet(controlnet: ControlNetModel, base: Base, folder: Path) -> None:
@@ -410,7 +518,8 @@ def generate(
     Writes OUT/<item>_<seed>.png (each PNG's text chunks hold every parameter needed to reproduce it) and
     appends one line per image to OUT/generations.jsonl. With --batch, every line of a JSONL file is an item
     ({"prompt": ..., "sketch": ..., and optionally "photo", "negative_prompt", "seed", "n"}); bad lines are
-    skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items.
+    skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items. Every
+    input is checked before the model loads; a refused run writes nothing.
 
     Args:
         model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
@@ -421,25 +530,32 @@ def generate(
         lora: LoRA folder (pytorch_lora_weights.safetensors) from `fsdx train lora`.
         controlnet: ControlNet folder from `fsdx train controlnet`.
         negative_prompt: what the garment should not look like.
-        n: images per prompt; image k uses seed + k.
-        seed: seed of the first image.
-        steps: denoising steps.
-        guidance_scale: classifier-free guidance weight.
-        controlnet_scale: sketch strength (ControlNet conditioning scale).
-        lora_scale: LoRA strength.
+        n: images per prompt, 1 to 64; image k uses seed + k.
+        seed: seed of the first image, 0 to 2^63-1.
+        steps: denoising steps, 1 to 1000.
+        guidance_scale: classifier-free guidance weight, 0 to 100.
+        controlnet_scale: sketch strength (ControlNet conditioning scale), 0 to 10.
+        lora_scale: LoRA strength, -10 to 10.
         scheduler: sampler: unipc, ddim, euler_a or dpm++.
-        resolution: output side in pixels (default: the base's native size).
-        out: output folder.
+        resolution: output side in pixels, up to 2048 (default: the base's native size).
+        out: output folder (made when the first image is written).
         batch: JSONL file of items to generate in one run.
     """
-    items, skipped = _items(prompt, sketch, photo, negative_prompt, n, seed, batch)
+    # 1. Every input is checked before a model is loaded or a file is written: a rejected run leaves nothing.
+    shared = check_settings(num_images=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                            controlnet_scale=controlnet_scale, lora_scale=lora_scale, resolution=resolution)
+    if scheduler not in SCHEDULERS:
+        raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    out = _check_out(Path(out))
+    items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch)
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
-    generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=lora_scale)
+    # 2. Load once; the folder is made when the first image (or the batch's report) is written.
+    generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=shared["lora_scale"])
+    steps, guidance_scale, controlnet_scale = shared["steps"], shared["guidance_scale"], shared["controlnet_scale"]
+    resolution = shared.get("resolution")
     state = process_state()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     failed: list[dict] = []  # this process's items that could not be generated
     with state.split_between_processes(list(enumerate(items))) as mine:
@@ -463,10 +579,16 @@ def generate(
 
 def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative_prompt: str, n: int, seed: int,
            batch: Path | None) -> tuple[list[dict], list[dict]]:
+    """The items to generate and the batch lines skipped; --n and --seed are the defaults of batch lines."""
     if batch is None:
         if not prompt:
             raise GenerationError("give --prompt (or --batch FILE.jsonl)")
         GenerationParams(prompt=prompt)  # validates the prompt before any model is loaded
+        if sketch is not None and photo is not None:
+            raise GenerationError("give a sketch or a photo, not both")
+        for name, path in (("sketch", sketch), ("photo", photo)):
+            if path is not None and not Path(path).is_file():
+                raise GenerationError(f"{name} not found: {path}")
         return [{"prompt": prompt, "sketch": sketch, "photo": photo, "negative_prompt": negative_prompt,
                  "n": n, "seed": seed}], []
     if not Path(batch).is_file():
@@ -476,15 +598,36 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
-                raise ValueError("needs a non-empty prompt")
-            items.append({"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
-                          "negative_prompt": str(row.get("negative_prompt", negative_prompt)),
-                          "n": int(row.get("n", n)), "seed": int(row.get("seed", seed)), "line": number})
-        except (ValueError, TypeError) as error:
-            skipped.append({"line": number, "reason": f"bad batch line: {error}"})
+            items.append({**_batch_item(json.loads(line), negative_prompt, n, seed), "line": number})
+        except (ValueError, TypeError, RecursionError) as error:  # GenerationError and JSONDecodeError included
+            skipped.append({"line": number, "reason": f"bad batch line: {' '.join(str(error).split())}"})
     return items, skipped
+
+
+def _batch_item(row: Any, negative_prompt: str, n: int, seed: int) -> dict:
+    """One batch line as an item; its numbers go through the same checks as the command line's."""
+    if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
+        raise ValueError("needs a non-empty prompt")
+    for name in ("sketch", "photo"):
+        if not isinstance(row.get(name), (str, type(None))):
+            raise ValueError(f"{name} must be a path (a string), got {row[name]!r}")
+    counts = check_settings(num_images=row.get("n", n), seed=row.get("seed", seed))
+    return {"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
+            "negative_prompt": str(row.get("negative_prompt", negative_prompt)), "n": counts["num_images"],
+            "seed": counts["seed"]}
+
+
+def _check_out(out: Path) -> Path:
+    """OUT, checked to be a folder or creatable as one (nothing is created here), before any model loads."""
+    existing = out
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is under {existing}, which is not a folder"
+        raise GenerationError(f"--out {out} {what}: choose a folder for the images")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenerationError(f"--out {out}: {existing} is not writable")
+    return out
 
 
 def _write(results: list[Generated], out: Path, index: int) -> list[Path]:
@@ -496,7 +639,8 @@ def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dic
 
     Returns, on the main process, this run's rows of every process: {"generations": [...], "skipped": [...]}.
     """
-    rows = [json.dumps({"file": file.name, **asdict(read_params(file))}) + "\n" for file in files]
+    out.mkdir(parents=True, exist_ok=True)  # not before: a run refused early leaves no folder behind
+    rows = [json.dumps({"file": file.name, **asdict(read_params(file))}, allow_nan=False) + "\n" for file in files]
     (out / f".generations.{state.process_index}.jsonl").write_text("".join(rows), encoding="utf-8")
     (out / f".skipped.{state.process_index}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
     state.wait_for_everyone()

@@ -99,6 +99,9 @@ def build_dataset(
     extra fields), saved with DatasetDict.save_to_disk, and OUT/build_report.json with counts, every skipped
     item and its reason, the parameters and the library versions. Images are resized keeping their aspect
     ratio and padded with white to a square, never cropped; the sketch is extracted from the padded image.
+    Every image is used once: a later row naming the same file, or a file with identical bytes, is skipped
+    as a duplicate of the first. Captions must be UTF-8; one that is not (e.g. Latin-1) is skipped with the
+    offending byte named in the report, never stored with replacement characters.
 
     Args:
         source: layout of ROOT: dresscode, vitonhd or folder (images with metadata.jsonl, captions.csv or .txt).
@@ -242,11 +245,20 @@ def _report(config: BuildConfig, dataset: DatasetDict, skipped: list[Skip], seco
         "counts": counts,
         "num_rows": {split: dataset[split].num_rows for split in dataset},
         "num_skipped": len(skipped),
-        "skipped": [{"id": skip.id, "path": skip.path, "reason": skip.reason} for skip in skipped],
+        "skipped": [{"id": _printable(skip.id), "path": _printable(skip.path), "reason": _printable(skip.reason)}
+                    for skip in skipped],
         "columns": dataset["train"].column_names,
         "versions": package_versions(PACKAGES),
         "seconds": round(seconds, 2),
     }
+
+
+def _printable(text: str) -> str:
+    """TEXT as valid UTF-8 for the report: a file name's undecodable bytes shown as \\xe9, a lone surrogate as \\ud800."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (from a JSON "\\ud800" escape)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _category_counts(split: Dataset) -> dict[str, int]:

@@ -352,15 +352,19 @@ def edge_prf(generated_sketch: Image.Image, input_sketch: Image.Image, tolerance
 
     precision: share of generated line pixels within TOLERANCE (Euclidean) of an input line pixel.
     recall: share of input line pixels within TOLERANCE of a generated line pixel.
-    Empty cases: both sketches blank -> 1, 1, 1. No generated lines -> precision 1 (nothing drawn is wrong),
-    recall 0. No input lines -> recall 1 (nothing to recover), precision 0. F1 is 0 when either is 0.
+    Empty cases: both sketches blank -> 1, 1, 1. No generated lines for a drawn sketch -> precision 0 and
+    recall 0: a blank image follows no sketch, so no score may reward it (a precision of 1 would let a model that
+    draws nothing top the precision column). No input lines -> recall 1 (nothing to recover), precision 0.
+    F1 is 0 when either is 0.
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
         raise ValueError(f"tolerance must be a non-negative integer (pixels), got {tolerance!r}")
     drawn, target = line_mask(generated_sketch, invert), line_mask(input_sketch, invert)
     if drawn.shape != target.shape:
         raise ValueError(f"sketches must have the same size, got {generated_sketch.size} and {input_sketch.size}")
-    precision = _share_near(drawn, target, tolerance) if drawn.any() else 1.0
+    if not drawn.any() and not target.any():
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    precision = _share_near(drawn, target, tolerance) if drawn.any() else 0.0
     recall = _share_near(target, drawn, tolerance) if target.any() else 1.0
     f1 = 0.0 if precision == 0 or recall == 0 else 2 * precision * recall / (precision + recall)
     return {"precision": precision, "recall": recall, "f1": f1}

@@ -10,6 +10,12 @@ datasets with synthetic attributes (`color` and `pattern` columns), silhouette I
 pattern accuracy (the print a reference classifier recognises is the one asked for). A metric whose
 weights cannot be loaded is reported unavailable with the reason; the others are still computed.
 
+An image is reused from an earlier run into the same OUT only when everything that determines it is the same
+(its key: the sha256 of the base, LoRA and ControlNet weights, the prompt, the normalised sketch, resolution,
+steps, guidance, ControlNet scale, scheduler, seed and the sketch settings); retraining a model in place, even
+with the same step count, regenerates its images. metrics.json records those digests, the dataset's digest, the
+settings, the command line and the library versions.
+
 Sketches may have any size and aspect ratio; every comparison with one happens in the generated image's square
 frame. Rows with a `silhouette` mask (the sketch-style benchmark, `fsdx data sketch-styles`) are scored for
 silhouette IoU against it, and rows with a `style` are also scored style by style (`by_style` in metrics.json).
@@ -17,19 +23,26 @@ silhouette IoU against it, and rows with a `style` are also scored style by styl
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shlex
 import statistics
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 from datasets import load_from_disk
 from PIL import Image
 
+from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, control_image
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.digests import combine, model_sha256, path_sha256
 from fashionsd_x.evaluate import metrics as M
 from fashionsd_x.evaluate.patterns import pattern_accuracy
-from fashionsd_x.generate import GarmentGenerator, GenerationError, process_state, read_params
+from fashionsd_x.generate import GarmentGenerator, process_state
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
 
@@ -41,6 +54,7 @@ METRICS = {
     "edge_f1": ("Edge F1", True), "silhouette_iou": ("Silhouette IoU", True), "color_accuracy": ("Colour acc.", True),
     "pattern_accuracy": ("Pattern acc.", True),
 }
+KEY_SUFFIX = ".key"  # beside each image: the sha256 key of everything that determined it
 PACKAGES = ("fashionsd-x", "diffusers", "transformers", "torch", "torchmetrics", "torch-fidelity", "peft")
 
 
@@ -57,6 +71,7 @@ class EvalSettings:
     guidance_scale: float = 7.5  # classifier-free guidance
     controlnet_scale: float = 1.0  # sketch strength for fashionsd-x
     scheduler: str = "unipc"  # sampler
+    resolution: int | None = None  # generated side in pixels; None: the dataset images' side
 
 
 @dataclass
@@ -81,6 +96,7 @@ def evaluate(
     guidance_scale: float = 7.5,
     clip_model: str = M.DEFAULT_CLIP,
     inception_weights: Path | None = None,
+    resolution: int | None = None,
 ) -> EvalResult:
     """Generate every test garment with each variant and compute the paper's metrics.
 
@@ -106,13 +122,17 @@ def evaluate(
         guidance_scale: classifier-free guidance weight.
         clip_model: CLIP for the CLIP score: hub id (cached) or local folder.
         inception_weights: local Inception-v3 weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth).
+        resolution: generated image side in pixels (default: the dataset images' side, which the base must be
+            able to generate; images are brought to the dataset's size for the pixel metrics).
     """
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     chosen = _variants(variants, lora, controlnet)
     rows = _load_split(Path(data), split, limit)
-    settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale)
+    settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale, resolution=resolution)
     out = Path(out)
-    generated = {variant: generate_variant(variant, rows, model, lora, controlnet, settings, out / "images" / variant)
+    weights = _weights_sha256(model, lora, controlnet)
+    generated = {variant: generate_variant(variant, rows, model, lora, controlnet, settings, out / "images" / variant,
+                                           weights)
                  for variant in chosen}
     if not process_state().is_main_process:  # the other processes helped generate; one process scores and writes
         return EvalResult(out, {})
@@ -122,9 +142,11 @@ def evaluate(
     if groups:  # the sketch-style benchmark: every metric per style as well
         result["by_style"] = {style: scores.table(indices) for style, indices in groups.items()}
         result["num_items_by_style"] = {style: len(indices) for style, indices in groups.items()}
-    result.update({"settings": settings.__dict__, "split": split, "num_items": len(rows), "data": str(data),
-                   "model": model, "lora": _str(lora), "controlnet": _str(controlnet), "clip_model": clip_model,
-                   "inception_weights": _str(inception_weights), "versions": package_versions(PACKAGES)})
+    result.update({"settings": asdict(settings), "split": split, "num_items": len(rows), "data": str(data),
+                   "data_sha256": path_sha256(data), "model": model, "lora": _str(lora),
+                   "controlnet": _str(controlnet), "weights_sha256": weights, "clip_model": clip_model,
+                   "inception_weights": _str(inception_weights), "command": shlex.join(sys.argv),
+                   "versions": package_versions(PACKAGES)})
     from fashionsd_x.evaluate.report import write_outputs
     write_outputs(out, result, rows, generated)
     return EvalResult(out, result)
@@ -158,51 +180,117 @@ def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
 
 
 def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | None, controlnet: Path | None,
-                     settings: EvalSettings, folder: Path) -> list[Image.Image]:
-    """Images of one variant, one per row, reusing earlier images made with the same parameters.
+                     settings: EvalSettings, folder: Path, weights: dict[str, str] | None = None) -> list[Image.Image]:
+    """Images of one variant, one per row; an earlier image is reused only when its key (`image_keys`) matches.
 
     Processes launched with accelerate split the rows; every process then reads all images back.
     """
     state = process_state()
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {"steps": settings.steps, "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler,
-                "lora": _str(lora) if variant != "vanilla" else None,
-                "controlnet": _str(controlnet) if variant == "fashionsd-x" else None}
-    todo = [(i, row) for i, row in enumerate(rows)
-            if not _reusable(folder / f"{image_stem(row['id'])}.png", {**expected, "seed": settings.seed + i})]
+    used = {"lora": lora if variant != "vanilla" else None, "controlnet": controlnet if variant == "fashionsd-x" else None}
+    weights = weights or _weights_sha256(model, lora, controlnet)
+    keys = image_keys(variant, rows, {name: weights[name] for name in weights if name == "base" or used.get(name)},
+                      settings, used["controlnet"])
+    paths = [folder / f"{image_stem(row['id'])}.png" for row in rows]
+    todo = [(i, row) for i, row in enumerate(rows) if not _reusable(paths[i], keys[i])]
     with state.split_between_processes(todo) as mine:
         if mine:
-            generator = GarmentGenerator.load(model, lora=lora if variant != "vanilla" else None,
-                                              controlnet=controlnet if variant == "fashionsd-x" else None)
+            folder.mkdir(parents=True, exist_ok=True)
+            generator = GarmentGenerator.load(model, **used)
             for index, row in mine:
-                result = generator(row["text"], sketch=row["sketch"] if variant == "fashionsd-x" else None,
-                                   steps=settings.steps, seed=settings.seed + index,
-                                   guidance_scale=settings.guidance_scale, controlnet_scale=settings.controlnet_scale,
-                                   scheduler=settings.scheduler, resolution=_resolution(generator, row))[0]
-                result.save(folder / f"{image_stem(row['id'])}.png")
+                _generate_one(generator, variant, row, settings, index, paths[index], keys[index])
     state.wait_for_everyone()
-    return [Image.open(folder / f"{image_stem(row['id'])}.png").convert("RGB") for row in rows]
+    return [Image.open(path).convert("RGB") for path in paths]
 
 
-def _resolution(generator: GarmentGenerator, row: dict) -> int:
-    # Generate at the dataset's resolution when the base can take it (SSIM compares pixel to pixel).
-    side = row["image"].size[0]
+def _generate_one(generator: GarmentGenerator, variant: str, row: dict, settings: EvalSettings, index: int,
+                  path: Path, key: str) -> None:
+    key_file = path.with_suffix(KEY_SUFFIX)
+    key_file.unlink(missing_ok=True)  # the old image no longer stands, whatever happens next
+    result = generator(row["text"], sketch=row["sketch"] if variant == "fashionsd-x" else None,
+                       steps=settings.steps, seed=settings.seed + index, guidance_scale=settings.guidance_scale,
+                       controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
+                       resolution=_resolution(generator, row, settings))[0]
+    result.save(path)
+    key_file.write_text(key + "\n", encoding="utf-8")  # written last: an interrupted image has no key
+
+
+def _resolution(generator: GarmentGenerator, row: dict, settings: EvalSettings) -> int:
+    """The side to generate at: the one asked for, else the dataset's (SSIM compares pixel to pixel); one the
+    base cannot generate is an error that says what to pass, never a silent fallback."""
+    side = settings.resolution or row["image"].size[0]
     try:
         generator.base.check_resolution(side)
-        return side
-    except ValueError:
-        return generator.resolution
+    except ValueError as error:
+        origin = "--resolution" if settings.resolution else f"the dataset's images are {side} px, but"
+        raise EvaluationError(f"{origin} {error}; pass --resolution {generator.resolution} (the base's own) or "
+                              f"another side that fits, and images are resized to the dataset's for scoring") from None
+    return side
 
 
-def _reusable(path: Path, expected: dict[str, Any]) -> bool:
-    """An earlier image can stand if its stored parameters match what would be generated now."""
-    if not path.is_file():
+def _weights_sha256(model: str, lora: Path | None, controlnet: Path | None) -> dict[str, str]:
+    """sha256 of the weights each model of the evaluation loads (cached by path, size and mtime)."""
+    digests = {"base": model_sha256(model)}
+    if lora is not None:
+        digests["lora"] = path_sha256(_lora_file(Path(lora)))
+    if controlnet is not None:
+        digests["controlnet"] = path_sha256(controlnet)
+    return digests
+
+
+def _lora_file(lora: Path) -> Path:
+    """The file a LoRA folder's weights load from (its diffusers-format safetensors), or the file itself."""
+    if lora.is_dir() and (lora / "pytorch_lora_weights.safetensors").is_file():
+        return lora / "pytorch_lora_weights.safetensors"
+    return lora
+
+
+def image_keys(variant: str, rows: list[dict], weights: dict[str, str], settings: EvalSettings,
+               controlnet: Path | None) -> list[str]:
+    """For each row, the sha256 of everything that determines its generated image.
+
+    That is the weights used, the prompt (and the empty negative prompt), the seed, the settings and, for the
+    sketch variant, the sketch after normalisation with the ControlNet's own settings (train_config.yaml).
+    """
+    sketching = _sketch_settings(controlnet) if controlnet is not None else None
+    common = {"variant": variant, "weights": weights, "negative_prompt": "", **asdict(settings)}
+    keys = []
+    for index, row in enumerate(rows):
+        side = settings.resolution or row["image"].size[0]
+        item = {**common, "prompt": row["text"], "seed": settings.seed + index, "resolution": side}
+        if sketching is not None:
+            item["sketch_settings"] = sketching
+            item["sketch_sha256"] = _normalised_sketch_sha256(row["sketch"], side, sketching)
+        keys.append(hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode("utf-8")).hexdigest())
+    return keys
+
+
+def _sketch_settings(controlnet: Path) -> dict[str, Any]:
+    """How the ControlNet's sketches are made and normalised, as generation reads them."""
+    config = Path(controlnet) / "train_config.yaml"
+    settings = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    settings = settings if isinstance(settings, dict) else {}
+    return {"invert": bool(settings.get("invert_sketch", False)), "sketch": settings.get("sketch") or {},
+            "conditioning": SketchConditioning.from_dict(settings.get("sketch_conditioning")).to_dict()}
+
+
+def _normalised_sketch_sha256(sketch: Image.Image, side: int, sketching: dict[str, Any]) -> str:
+    conditioning = SketchConditioning.from_dict(sketching["conditioning"])
+    try:
+        tensor = control_image(sketch, side, sketching["invert"], conditioning)
+    except (BlankSketchError, ValueError):  # generation reports it; the key needs only to be distinct
+        return combine([("unusable sketch", hashlib.sha256(sketch.tobytes()).hexdigest())])
+    return hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+
+
+def _reusable(path: Path, key: str) -> bool:
+    """An earlier image stands only if the key written beside it is this one."""
+    key_file = path.with_suffix(KEY_SUFFIX)
+    if not (path.is_file() and key_file.is_file()):
         return False
     try:
-        params = read_params(path)
-    except (GenerationError, OSError, TypeError):
+        return key_file.read_text(encoding="utf-8").strip() == key
+    except OSError:
         return False
-    return all(getattr(params, name) == value for name, value in expected.items())
 
 
 @dataclass

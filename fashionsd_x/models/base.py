@@ -8,6 +8,8 @@ BaseLoadError with one line saying what was tried and what to pass instead (the 
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,9 +70,10 @@ class Base:
         return "sd2" if self.unet.config.cross_attention_dim == SD2_CROSS_ATTENTION_DIM else "sd1"
 
     def resolution_multiple(self) -> int:
-        """Image sides must be a multiple of this: the VAE's downsampling times the UNet's."""
+        """Image sides must be a multiple of this: the VAE's downsampling times the UNet's, and of 8, which
+        diffusers' Stable Diffusion pipelines require of every side whatever the VAE."""
         downsamplings = sum(1 for block in self.unet.down_blocks if block.downsamplers)
-        return self.vae_scale_factor * 2**downsamplings
+        return math.lcm(self.vae_scale_factor * 2**downsamplings, 8)
 
     def check_resolution(self, resolution: int) -> None:
         """Raise ValueError when `resolution` pixels cannot pass through this base's VAE and UNet unchanged."""
@@ -78,7 +81,7 @@ class Base:
         if resolution <= 0 or resolution % multiple:
             nearest = max(multiple, round(resolution / multiple) * multiple)
             raise ValueError(f"resolution {resolution} does not fit base {self.source}: it must be a positive "
-                             f"multiple of {multiple} (VAE x{self.vae_scale_factor} times the UNet's downsampling); "
+                             f"multiple of {multiple} (VAE x{self.vae_scale_factor} times the UNet's downsampling, and of 8); "
                              f"try {nearest}")
 
     def pipeline(self, **extra) -> StableDiffusionPipeline:

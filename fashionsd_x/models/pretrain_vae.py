@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,8 +25,9 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
-from fashionsd_x.train.checkpoints import (MARKER, STATE_NAME, CheckpointError, complete_checkpoints,
-                                           find_checkpoint, load_optimizer, save_optimizer)
+from fashionsd_x.files import export_folder, write_text
+from fashionsd_x.train.checkpoints import (STATE_NAME, CheckpointError, find_checkpoint, load_optimizer, save_optimizer,
+                                           write_checkpoint)
 from fashionsd_x.train.data import derive_seed, image_tensor, open_dataset
 
 __all__ = ["VaeTrainConfig", "build_vae", "pretrain_vae", "reconstruction_loss", "train_vae"]
@@ -146,24 +146,14 @@ def _step_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: VaeTrainConfig,
 
 def _save_checkpoint(root: Path, step: int, config: VaeTrainConfig, vae: AutoencoderKL,
                      optimizer: torch.optim.Optimizer, seconds: float = 0.0) -> Path:
-    """checkpoint-<step> written atomically (temp folder, fsync, COMPLETE marker, rename), then pruned."""
-    final, temporary = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)  # left by a run killed mid-save
-    temporary.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, temporary / WEIGHTS_NAME)
-    save_optimizer(optimizer.state_dict(), temporary)
-    state = {"step": step, "stage": "vae", "config": asdict(config), "seconds": round(seconds, 1)}
-    (temporary / STATE_NAME).write_text(json.dumps(state))
-    for path in temporary.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    (temporary / MARKER).write_text(str(step))  # last: a folder without it is ignored by resume
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
-    if config.keep_checkpoints is not None:
-        for old in complete_checkpoints(root)[:-config.keep_checkpoints]:
-            shutil.rmtree(old)
-    return final
+    """checkpoint-<step> written atomically with its manifest (train.checkpoints.write_checkpoint), then pruned."""
+    def fill(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, folder / WEIGHTS_NAME)
+        save_optimizer(optimizer.state_dict(), folder)
+        state = {"step": step, "stage": "vae", "config": asdict(config), "seconds": round(seconds, 1)}
+        (folder / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
+
+    return write_checkpoint(root, step, fill, config.keep_checkpoints)
 
 
 def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
@@ -258,9 +248,10 @@ def train_vae(config: VaeTrainConfig, data: Path, out: Path, resume: str | None 
                              seconds_before + time.monotonic() - started)
     # 4. The VAE as a diffusers folder, with the report beside it.
     vae.register_to_config(scaling_factor=_scaling_factor(vae, pixels, device))
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    with export_folder(out / "vae") as staging:  # checked finite, then moved into place atomically
+        vae.save_pretrained(staging, safe_serialization=True)
     report = {"config": asdict(config), "start_step": start, "steps": config.max_steps,
               "seconds": round(seconds_before + time.monotonic() - started, 2), "final_l1": loss,
               "scaling_factor": vae.config.scaling_factor, "hardware": _hardware(device)}
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_text(out / REPORT_NAME, json.dumps(report, indent=2))
     return out / "vae"

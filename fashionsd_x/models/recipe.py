@@ -22,7 +22,6 @@ rates, more steps); RecipeConfig lists them and the model card records them with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fashionsd_x.digests import combine, path_sha256
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.pretrain_vae import REPORT_NAME as VAE_REPORT
 from fashionsd_x.models.pretrain_vae import VaeTrainConfig
@@ -40,6 +40,8 @@ RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each sta
 INPUTS_NAME = "recipe_inputs.json"  # in a stage's folder: digests of the earlier stages' results it started from
 DATA_SPEC_NAME = "recipe_data_spec.json"  # in a dataset's folder: the DataSpec it was built from
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
+DIGESTS_FORMAT = 2  # recipe_inputs.json: 2 = sha256 of the inputs' content (weights, datasets)
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the LoRA stage's weights, as load_lora_weights reads them
 FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
 BASE_STAGES = ("vae", "base", "refine")  # what --base-from takes from a finished model instead of training
 BASE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # a diffusers base
@@ -84,7 +86,7 @@ class RecipeConfig:
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
+        "max_steps": 2000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
         "random_flip": True,
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
@@ -97,7 +99,7 @@ class RecipeConfig:
         "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
     # ControlNet steps when it continues from the ControlNet of the model --base-from names (it already follows
     # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
-    controlnet_continue_steps: int = 1500
+    controlnet_continue_steps: int = 2500
     seed: int = 0  # weights and every random draw of the training stages
     eval_items: int = 100  # held-out new-collection garments the final evaluation generates per variant
     style_items: int = 12  # sketches per style of the sketch-style benchmark the final evaluation also runs
@@ -238,9 +240,16 @@ def _read_json(path: Path) -> Any:
 def _vae(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.models.pretrain_vae import train_vae
 
-    report = out / "vae" / VAE_REPORT
+    folder, inputs = out / "vae", {"catalogue_data": out / "catalogue_data"}
+    report = folder / VAE_REPORT
+    # Everything but how long it trains and how it checkpoints: more steps continue from the newest checkpoint.
+    settings = {name: value for name, value in asdict(config.vae).items()
+                if name not in ("max_steps", "checkpoint_every", "keep_checkpoints")}
+    _set_aside_if_changed(folder, inputs, settings)
     if not _finished_vae(report, config.vae):
-        train_vae(config.vae, out / "catalogue_data", out / "vae", resume="latest")
+        if not (folder / INPUTS_NAME).is_file():
+            _record_inputs(folder, inputs, settings)
+        train_vae(config.vae, out / "catalogue_data", folder, resume="latest")
     return _read_json(report)
 
 
@@ -251,9 +260,8 @@ def _finished_vae(report: Path, vae: VaeTrainConfig) -> bool:
 def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
-    if not (out / "base_init" / "model_index.json").is_file():
-        init_base(out / "base_init", out / "vae" / "vae", config.model, config.seed)
-    inputs = [out / "vae" / VAE_REPORT, out / "catalogue_data" / DATA_SPEC_NAME]
+    _base_init(out, config)
+    inputs = {"base_init": out / "base_init", "catalogue_data": out / "catalogue_data"}
     return _train_stage(out / "base", config.base_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
         overrides=_overrides(config.base_settings, config)))
@@ -262,7 +270,7 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
-    inputs = [out / "base" / RESULT_NAME, out / "catalogue_data" / DATA_SPEC_NAME]
+    inputs = {"base": out / "base", "catalogue_data": out / "catalogue_data"}
     return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
         overrides=_overrides(config.refine_settings, config)))
@@ -271,7 +279,7 @@ def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
-    inputs = [out / FINAL_BASE / RESULT_NAME, out / "collection_data" / DATA_SPEC_NAME]
+    inputs = {FINAL_BASE: out / FINAL_BASE, "collection_data": out / "collection_data"}
     return _train_stage(out / "lora", config.lora_settings["max_steps"], inputs, lambda: train_lora(
         out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
         overrides=_overrides(config.lora_settings, config)))
@@ -284,7 +292,8 @@ def _controlnet(out: Path, config: RecipeConfig, init: Path | None = None) -> di
     settings = dict(config.controlnet_settings)
     if init is not None:
         settings["max_steps"] = config.controlnet_continue_steps
-    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME, out / "collection_data" / DATA_SPEC_NAME]
+    inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "collection_data": out / "collection_data",
+              **({"init": init} if init is not None else {})}
     figures = _train_stage(out / "controlnet", settings["max_steps"], inputs, lambda: train_controlnet(
         out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
         init=None if init is None else str(init), overrides=_overrides(settings, config)))
@@ -297,55 +306,91 @@ def _evaluate(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.data.sketch_styles import make_sketch_styles
     from fashionsd_x.evaluate.protocol import evaluate
 
-    inputs = [out / FINAL_BASE / RESULT_NAME, out / "lora" / RESULT_NAME, out / "controlnet" / RESULT_NAME,
-              out / "collection_data" / DATA_SPEC_NAME]
+    inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "controlnet": out / "controlnet",
+              "collection_data": out / "collection_data"}
     styles = out / "sketch_styles"
     if not (styles / "dataset_dict.json").is_file():
         make_sketch_styles(styles, per_style=config.style_items, seed=config.seed, resolution=config.resolution)
     figures = {}
     for name, data, limit in (("eval", out / "collection_data", config.eval_items), ("eval_styles", styles, None)):
         folder = out / name
-        if not _fresh(folder, inputs):  # images of earlier weights must not be scored again
-            shutil.rmtree(folder, ignore_errors=True)
+        if not _fresh(folder, {**inputs, "data": data}):  # evaluate itself reuses only images of these weights
+            (folder / INPUTS_NAME).unlink(missing_ok=True)
             evaluate(data, str(out / FINAL_BASE), folder, lora=out / "lora", controlnet=out / "controlnet",
                      limit=limit)
-            (folder / INPUTS_NAME).write_text(json.dumps(_digests(inputs), indent=2) + "\n", encoding="utf-8")
+            _record_inputs(folder, {**inputs, "data": data})
         result = _read_json(folder / "metrics.json")
         figures[name] = {"items": result["num_items"], "split": result["split"], "variants": result["variants"],
                          **({"by_style": result["by_style"]} if "by_style" in result else {})}
     return {**figures["eval"], "styles": figures["eval_styles"]}
 
 
-def _fresh(folder: Path, inputs: list[Path]) -> bool:
+def _fresh(folder: Path, inputs: dict[str, Path]) -> bool:
     """True when FOLDER holds finished metrics made from exactly these inputs."""
-    recorded = folder / INPUTS_NAME
-    return (folder / "metrics.json").is_file() and recorded.is_file() and _read_json(recorded) == _digests(inputs)
+    return (folder / "metrics.json").is_file() and _recorded_matches(folder, inputs, {})
 
 
-def _digests(inputs: list[Path]) -> dict[str, str]:
-    return {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in inputs}
+def _digests(inputs: dict[str, Path], settings: dict[str, Any]) -> dict[str, Any]:
+    """sha256 of each input's content (weights, datasets; see fashionsd_x.digests) and of the settings."""
+    return {"format": DIGESTS_FORMAT, **{name: path_sha256(path) for name, path in inputs.items()},
+            **({"settings": combine([("settings", json.dumps(_jsonable(settings), sort_keys=True))])}
+               if settings else {})}
 
 
-def _train_stage(folder: Path, steps: int, inputs: list[Path], run: Any) -> dict[str, Any]:
-    """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way.
+def _recorded_matches(folder: Path, inputs: dict[str, Path], settings: dict[str, Any]) -> bool:
+    """Whether FOLDER/recipe_inputs.json names these inputs' digests.
 
-    INPUTS are the files it starts from: the results of earlier stages and the spec its dataset was built from.
-    FOLDER/recipe_inputs.json records their digests when the stage starts; when one has changed since (an
-    earlier stage was trained on, the dataset was rebuilt from another spec), the stage's output and checkpoints
-    belong to the old inputs, so the folder is moved to FOLDER.stale (replacing an older one) and the stage is
-    trained again from the start.
+    A record from before content digests (no format field) is taken as it stands, once, and rewritten with
+    today's digests, so an existing run is not trained again only because the record's format changed.
     """
-    result, recorded = folder / RESULT_NAME, folder / INPUTS_NAME
-    digests = _digests(inputs)
-    if recorded.is_file() and _read_json(recorded) != digests:
+    recorded = folder / INPUTS_NAME
+    if not recorded.is_file():
+        return False
+    if _read_json(recorded).get("format") != DIGESTS_FORMAT:
+        print(f"{folder.name}: inputs recorded before content digests; adopting today's")
+        _record_inputs(folder, inputs, settings)
+    return _read_json(recorded) == _digests(inputs, settings)
+
+
+def _record_inputs(folder: Path, inputs: dict[str, Path], settings: dict[str, Any] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{INPUTS_NAME}.tmp"
+    temporary.write_text(json.dumps(_digests(inputs, settings or {}), indent=2) + "\n", encoding="utf-8")
+    temporary.replace(folder / INPUTS_NAME)
+
+
+def _set_aside_if_changed(folder: Path, inputs: dict[str, Path], settings: dict[str, Any] | None = None) -> None:
+    """Move FOLDER to FOLDER.stale (replacing an older one) when it was made from other inputs than these."""
+    if (folder / INPUTS_NAME).is_file() and not _recorded_matches(folder, inputs, settings or {}):
         stale = folder.with_name(f"{folder.name}.stale")
         shutil.rmtree(stale, ignore_errors=True)
         folder.rename(stale)
-        print(f"{folder.name}: an earlier stage changed since it was trained; moved to {stale} and training again")
+        print(f"{folder.name}: what it was made from changed since; moved to {stale} and made again")
+
+
+def _base_init(out: Path, config: RecipeConfig) -> None:
+    """The randomly initialised base with the trained VAE, made again when the VAE or the architecture changed."""
+    folder, inputs = out / "base_init", {"vae": out / "vae" / "vae"}
+    settings = {"model": asdict(config.model), "seed": config.seed}
+    _set_aside_if_changed(folder, inputs, settings)
+    if not (folder / "model_index.json").is_file():
+        init_base(folder, out / "vae" / "vae", config.model, config.seed)
+        _record_inputs(folder, inputs, settings)
+
+
+def _train_stage(folder: Path, steps: int, inputs: dict[str, Path], run: Any) -> dict[str, Any]:
+    """Run a `fsdx train` stage unless its result says it finished `steps` steps; its figures either way.
+
+    INPUTS are what it starts from: earlier stages' weights and its dataset. FOLDER/recipe_inputs.json records
+    the sha256 of their content when the stage starts; when one has changed since (an earlier stage was
+    trained on or again, the dataset was rebuilt), the stage's output and checkpoints belong to the old
+    inputs, so the folder is moved to FOLDER.stale (replacing an older one) and the stage is trained again.
+    """
+    result = folder / RESULT_NAME
+    _set_aside_if_changed(folder, inputs)
     if not (result.is_file() and _read_json(result)["steps"] >= steps):
-        folder.mkdir(parents=True, exist_ok=True)
-        if not recorded.is_file():
-            recorded.write_text(json.dumps(digests, indent=2) + "\n", encoding="utf-8")
+        if not (folder / INPUTS_NAME).is_file():
+            _record_inputs(folder, inputs)
         run()
     return _read_json(result)
 

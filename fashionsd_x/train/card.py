@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from fashionsd_x import __version__
+from fashionsd_x.files import write_text
 
 if TYPE_CHECKING:  # only for annotations: core imports this module
     from fashionsd_x.train.config import TrainConfig
@@ -66,9 +67,7 @@ def write_card(out: Path, config: TrainConfig, result: TrainResult, hardware: st
         "## Settings", "", "Also in `train_config.yaml` (reusable with `--config`) and in the weights' metadata.", "",
         "```yaml", config.to_yaml().strip(), "```", "",
     ]
-    path = Path(out) / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text(Path(out) / "README.md", "\n".join(lines))
 
 
 def _images(out: Path, paths: list[Path], samples: list[tuple[str, Image.Image | None]]) -> list[str]:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from fashionsd_x.data.augment import augment_sample
 from fashionsd_x.data.conditioning import control_image
+from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
 from fashionsd_x.train.core import Method, TrainResult, add_metadata, train
@@ -144,8 +145,9 @@ class ControlNetMethod(Method):
         return out  # ControlNetModel.from_pretrained(OUT)
 
     def save(self, out: Path, metadata: dict[str, str]) -> None:
-        self.unwrap(self.prepared[0]).save_pretrained(out, safe_serialization=True)
-        add_metadata(out / CONTROLNET_WEIGHTS, metadata)
+        with export_folder(out) as staging:
+            self.unwrap(self.prepared[0]).save_pretrained(staging, safe_serialization=True)
+            add_metadata(staging / CONTROLNET_WEIGHTS, metadata)
 
 
 def embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -35,10 +35,11 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from fashionsd_x.files import atomic_path, save_safetensors, write_text
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.train.cache import build_cache, cache_folder
 from fashionsd_x.train.card import write_card
@@ -208,9 +209,39 @@ def train(method_class: type[Method], config: TrainConfig, out: Path, resume: st
 
 def run_training(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None) -> TrainResult:
     """Train, checkpoint, validate and save; every check that can fail runs before the first step."""
-    # 1. Data, settings and the checkpoint to resume from: checked before any model loads.
+    # 1. Data, settings and the checkpoint to resume from (verified): checked before any model loads.
     data = open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)
     checkpoint = _checkpoint_to_resume(out, resume, config)
+    # 2-5. Base, trainable parameters, samples, optimizer and schedule (open_session).
+    with open_session(method_class, config, out, data) as session:
+        accelerator, method = session.accelerator, session.method
+        total_steps = config.total_steps(len(session.loader))
+        # 6. Resume: weights, optimizer and schedule from the checkpoint; the step decides the data position.
+        start_step = 0
+        if checkpoint is not None:
+            state = load_checkpoint(accelerator, checkpoint, method.prepared, session.optimizer, session.lr_scheduler)
+            start_step, session.seconds_before = state["step"], state.get("seconds", 0.0)
+            accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+        # 7. Train.
+        if accelerator.is_main_process:
+            accelerator.init_trackers(f"fsdx-{method.stage}", config=_hparams(config))
+        final_loss = train_loop(session, start_step, total_steps)
+        # 8. Final validation, then the artifact and its description, written by the main process (the
+        # artifact atomically, refused if any weight is not finite; see fashionsd_x.files.export_folder).
+        images = validate(session, total_steps)
+        result = TrainResult(out, method.stage, method.weights(out), total_steps,
+                             total_steps * config.grad_accum / len(session.loader), round(session.seconds(), 1),
+                             final_loss, images, hardware(accelerator))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            method.save(out, {CONFIG_METADATA_KEY: config.to_yaml()})
+            write_outputs(session, result, data)
+    return result
+
+
+@contextlib.contextmanager
+def open_session(method_class: type[Method], config: TrainConfig, out: Path, data: Any) -> Iterator[Session]:
+    """Steps 2-5 of a run: everything its first step needs, prepared by accelerate (no checkpoint loaded)."""
     with accelerated(config, out) as (accelerator, weight_dtype):
         # 2. The base, checked against the settings.
         base = load_base(config.base, prediction_type=config.prediction_type)
@@ -253,28 +284,8 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
         empty = cache.empty_text() if cached_text else tokenize(base.tokenizer, [""])[0]
         samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
                                      with_sketch="sketch" in method.columns)
-        session = Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,
-                          empty.to(accelerator.device), samples)
-        # 6. Resume: weights, optimizer and schedule from the checkpoint; the step decides the data position.
-        start_step = 0
-        if checkpoint is not None:
-            state = load_checkpoint(accelerator, checkpoint, models, optimizer, lr_scheduler)
-            start_step, session.seconds_before = state["step"], state.get("seconds", 0.0)
-            accelerator.print(f"resumed from {checkpoint} at step {start_step}")
-        # 7. Train.
-        if accelerator.is_main_process:
-            accelerator.init_trackers(f"fsdx-{method.stage}", config=_hparams(config))
-        final_loss = train_loop(session, start_step, total_steps)
-        # 8. Final validation, then the artifact and its description, written by the main process.
-        images = validate(session, total_steps)
-        result = TrainResult(out, method.stage, method.weights(out), total_steps,
-                             total_steps * config.grad_accum / len(loader), round(session.seconds(), 1), final_loss,
-                             images, hardware(accelerator))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            method.save(out, {CONFIG_METADATA_KEY: config.to_yaml()})
-            write_outputs(session, result, data)
-    return result
+        yield Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,
+                      empty.to(accelerator.device), samples)
 
 
 @contextlib.contextmanager
@@ -340,14 +351,7 @@ def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
                disable=not accelerator.is_local_main_process)
     loss = None
     for step in range(start_step, total_steps):
-        step_loss = torch.zeros((), device=accelerator.device)
-        for micro in range(config.grad_accum):
-            index = step * config.grad_accum + micro
-            # Gradients are all-reduced on the last micro-batch only (accumulation without wasted syncs).
-            with _no_sync(accelerator, s.method.prepared, skip=micro < config.grad_accum - 1):
-                micro_loss = compute_loss(s, next(stream), index)
-                accelerator.backward(micro_loss / config.grad_accum)
-            step_loss += micro_loss.detach() / config.grad_accum
+        step_loss = accumulate(s, step_batches(s, stream, step), config.grad_accum)
         loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
         if config.max_grad_norm is not None:
             norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -382,36 +386,81 @@ def micro_batches(accelerator: Accelerator, loader: Any, start: int) -> Iterator
         epoch, skip = epoch + 1, 0
 
 
-def compute_loss(s: Session, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-    """The denoising loss of one micro-batch (Rombach et al. 2022, eq. 2; min-SNR weighting optional)."""
-    config, device = s.config, s.accelerator.device
+def step_batches(s: Session, stream: Iterator[dict[str, Any]], step: int) -> Iterator[tuple[dict[str, Any], Draws]]:
+    """Optimizer step `step`'s micro-batches, taken from the stream one at a time, each with its draws."""
+    for index in range(step * s.config.grad_accum, (step + 1) * s.config.grad_accum):
+        batch = next(stream)
+        yield batch, draw(s, batch, index)
+
+
+@dataclass
+class Draws:
+    """Every random draw of a micro-batch's loss, one row per sample (rows(...) gives those of some samples)."""
+
+    flips: torch.Tensor  # (N,) bool: mirror the image (and its sketch)
+    drops: torch.Tensor  # (N,) bool: train on the empty caption (caption dropout, for classifier-free guidance)
+    posterior: torch.Tensor  # (N, C, h, w) standard normal: the VAE posterior sample's noise
+    noise: torch.Tensor  # (N, C, h, w): the diffusion noise, offset noise included
+    timesteps: torch.Tensor  # (N,) diffusion timesteps
+
+    def rows(self, rows: slice) -> Draws:
+        return Draws(self.flips[rows], self.drops[rows], self.posterior[rows], self.noise[rows], self.timesteps[rows])
+
+
+def draw(s: Session, batch: dict[str, Any], index: int) -> Draws:
+    """The random draws of micro-batch `index` (after the sketch augmentation, applied to `batch` in place)."""
+    config = s.config
     # One generator per (seed, micro-batch, process), drawn from in a fixed order: the draws do not depend on
     # anything a resumed run could restore differently.
     generator = torch.Generator().manual_seed(derive_seed(config.seed, index, s.accelerator.process_index))
-    size = batch["index"].shape[0]
     # Per-sample augmentation (ControlNet sketches) draws from its own stream of the same (seed, micro-batch,
     # process), so enabling it leaves every draw below as it was.
     s.method.prepare_batch(batch, derive_seed(config.seed, index, s.accelerator.process_index, AUGMENT_STREAM))
+    size = batch["index"].shape[0]
+    latent = (size, s.base.vae.config.latent_channels, *[config.resolution // s.base.vae_scale_factor] * 2)
     flips = torch.rand(size, generator=generator) < 0.5 if config.random_flip else torch.zeros(size, dtype=torch.bool)
     drops = torch.rand(size, generator=generator) < config.caption_dropout
-    latents = encode_images(s, batch, flips, generator)
-    text = encode_text(s, batch, drops)
-    noise = torch.randn(latents.shape, generator=generator)
+    posterior = torch.randn(latent, generator=generator)
+    noise = torch.randn(latent, generator=generator)
     if config.noise_offset:
-        noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+        noise += config.noise_offset * torch.randn(latent[:2] + (1, 1), generator=generator)
     timesteps = torch.randint(0, s.base.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
-    noise, timesteps = noise.to(device), timesteps.to(device)
+    return Draws(flips, drops, posterior, noise, timesteps)
+
+
+def accumulate(s: Session, micro_batches: Iterable[tuple[dict[str, Any], Draws]], count: int) -> torch.Tensor:
+    """Forward and backward over one optimizer step's `count` micro-batches; returns the step's mean loss.
+
+    Each loss is divided by `count`, so the summed gradient is that of the mean over the step's samples: for
+    equal micro-batches, the gradient of one batch of all of them (tests/train/test_core.py checks it).
+    """
+    step_loss = torch.zeros((), device=s.accelerator.device)
+    for number, (batch, draws) in enumerate(micro_batches):
+        # Gradients are all-reduced on the last micro-batch only (accumulation without wasted syncs).
+        with _no_sync(s.accelerator, s.method.prepared, skip=number < count - 1):
+            loss = micro_batch_loss(s, batch, draws)
+            s.accelerator.backward(loss / count)
+        step_loss += loss.detach() / count
+    return step_loss
+
+
+def micro_batch_loss(s: Session, batch: dict[str, Any], draws: Draws) -> torch.Tensor:
+    """The denoising loss of one micro-batch (Rombach et al. 2022, eq. 2; min-SNR weighting optional)."""
+    device = s.accelerator.device
+    latents = encode_images(s, batch, draws.flips, draws.posterior)
+    text = encode_text(s, batch, draws.drops)
+    noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
     noisy = s.base.noise_scheduler.add_noise(latents, noise, timesteps)
     if "control" in batch:  # the sketch flips with its image
-        batch["control"] = _flip_where(batch["control"], flips)
+        batch = {**batch, "control": _flip_where(batch["control"], draws.flips)}
     with s.accelerator.autocast():
         prediction = s.method.predict(noisy, timesteps, text, batch)
-    return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, config.snr_gamma)
+    return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, s.config.snr_gamma)
 
 
 def encode_images(s: Session, batch: dict[str, torch.Tensor], flips: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Scaled VAE latents of the (maybe flipped) images: a posterior sample drawn from the step's generator."""
+                  epsilon: torch.Tensor) -> torch.Tensor:
+    """Scaled VAE latents of the (maybe flipped) images: the posterior sample mean + std * epsilon."""
     if "latent_mean" in batch:
         rows = torch.arange(flips.shape[0])
         view = flips.long() if batch["latent_mean"].shape[1] == 2 else torch.zeros_like(flips, dtype=torch.long)
@@ -421,9 +470,8 @@ def encode_images(s: Session, batch: dict[str, torch.Tensor], flips: torch.Tenso
         with torch.no_grad():
             posterior = s.base.vae.encode(pixels).latent_dist
         mean, std = posterior.mean, posterior.std
-    epsilon = torch.randn(mean.shape, generator=generator).to(mean.device)
     # The loss is computed in float32 whatever the VAE's dtype.
-    return (mean.float() + std.float() * epsilon) * s.base.vae.config.scaling_factor
+    return (mean.float() + std.float() * epsilon.to(mean.device)) * s.base.vae.config.scaling_factor
 
 
 def encode_text(s: Session, batch: dict[str, torch.Tensor], drops: torch.Tensor) -> torch.Tensor:
@@ -482,8 +530,9 @@ def validate(s: Session, step: int) -> list[Path]:
                                        **s.method.validation_inputs(sketch)).images[0])
         for number, image in enumerate(images):
             paths.append(folder / f"{number:02d}.png")
-            image.save(paths[-1])
-        (folder / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt, _ in s.validation), encoding="utf-8")
+            with atomic_path(paths[-1]) as temporary:
+                image.save(temporary, format="PNG")
+        write_text(folder / "prompts.txt", "".join(f"{prompt}\n" for prompt, _ in s.validation))
         writer = s.accelerator.get_tracker("tensorboard", unwrap=True)
         writer.add_images("validation", np.stack([np.asarray(image) for image in images]), step, dataformats="NHWC")
     s.accelerator.wait_for_everyone()
@@ -492,8 +541,8 @@ def validate(s: Session, step: int) -> list[Path]:
 
 def write_outputs(s: Session, result: TrainResult, data: Any) -> None:
     """train_config.yaml, train_result.json and the model card README.md beside the weights."""
-    (s.out / CONFIG_NAME).write_text(s.config.to_yaml(), encoding="utf-8")
-    (s.out / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text(s.out / CONFIG_NAME, s.config.to_yaml())
+    write_text(s.out / RESULT_NAME, json.dumps(result.to_dict(), indent=2) + "\n")
     write_card(s.out, s.config, result, result.hardware, data, s.base.family, s.validation)
 
 
@@ -506,13 +555,10 @@ def hardware(accelerator: Accelerator) -> str:
 
 
 def add_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Rewrite a safetensors file with `metadata` added to its header (existing keys kept)."""
+    """Rewrite a safetensors file (atomically) with `metadata` added to its header (existing keys kept)."""
     with safe_open(str(path), framework="pt") as handle:
         existing = handle.metadata() or {}
-    tensors = load_file(str(path))
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata={**existing, **metadata})
-    os.replace(temporary, path)
+    save_safetensors(load_file(str(path)), path, metadata={**existing, **metadata})
 
 
 def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: int) -> TrainResult:
@@ -548,7 +594,7 @@ def _checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) ->
         return None
     checkpoint = find_checkpoint(root, resume)
     if checkpoint is None:
-        print(f"no checkpoint in {root} yet: starting a new run", file=sys.stderr)
+        print(f"no intact checkpoint in {root}: starting a new run", file=sys.stderr)
         return None
     state = read_state(checkpoint)
     if state["stage"] != config.stage:

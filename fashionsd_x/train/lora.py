@@ -19,6 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
 from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
@@ -105,25 +106,26 @@ class LoraMethod(UNetMethod):
     def save(self, out: Path, metadata: dict[str, str]) -> None:
         unet_state = get_peft_model_state_dict(self.base.unet)
         text_state = get_peft_model_state_dict(self.base.text_encoder) if self.text_lora else {}
-        StableDiffusionPipeline.save_lora_weights(
-            # The UNet's adapters stay in PEFT naming (lora_A/lora_B), which diffusers loads natively:
-            # convert_state_dict_to_diffusers renames only attention projections (to_q.lora.down, ...), so with
-            # --target-modules beyond attention (conv1, ff.net.2, ...) the file would mix two namings and
-            # load_lora_weights would silently skip the attention half.
-            out, unet_lora_layers=unet_state,
-            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_state) if text_state else None,
-            # The adapter configs travel in the file so loaders use this run's alpha, not alpha = rank.
-            unet_lora_adapter_metadata=self.unet_lora.to_dict(),
-            text_encoder_lora_adapter_metadata=self.text_lora.to_dict() if self.text_lora else None,
-            safe_serialization=True)
-        add_metadata(out / LORA_WEIGHTS, metadata)
         kohya_metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.config.rank),
                           "ss_network_alpha": str(self.config.lora_alpha()),
                           "ss_base_model_version": "sd_v2" if self.base.family == "sd2" else "sd_v1",
                           "ss_v2": str(self.base.family == "sd2"),
                           "ss_v_parameterization": str(self.base.prediction_type == "v_prediction"), **metadata}
-        save_file(kohya_state_dict(unet_state, text_state, self.config.lora_alpha()), str(out / KOHYA_WEIGHTS),
-                  metadata={"format": "pt", **kohya_metadata})
+        with export_folder(out) as staging:  # both files checked finite, then moved into OUT atomically
+            StableDiffusionPipeline.save_lora_weights(
+                # The UNet's adapters stay in PEFT naming (lora_A/lora_B), which diffusers loads natively:
+                # convert_state_dict_to_diffusers renames only attention projections (to_q.lora.down, ...), so with
+                # --target-modules beyond attention (conv1, ff.net.2, ...) the file would mix two namings and
+                # load_lora_weights would silently skip the attention half.
+                staging, unet_lora_layers=unet_state,
+                text_encoder_lora_layers=convert_state_dict_to_diffusers(text_state) if text_state else None,
+                # The adapter configs travel in the file so loaders use this run's alpha, not alpha = rank.
+                unet_lora_adapter_metadata=self.unet_lora.to_dict(),
+                text_encoder_lora_adapter_metadata=self.text_lora.to_dict() if self.text_lora else None,
+                safe_serialization=True)
+            add_metadata(staging / LORA_WEIGHTS, metadata)
+            save_file(kohya_state_dict(unet_state, text_state, self.config.lora_alpha()), str(staging / KOHYA_WEIGHTS),
+                      metadata={"format": "pt", **kohya_metadata})
 
 
 def kohya_state_dict(unet_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],

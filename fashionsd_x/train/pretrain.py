@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
+from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base
 from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
 from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
@@ -73,10 +73,11 @@ class BaseMethod(UNetMethod):
         return out  # StableDiffusionPipeline.from_pretrained(OUT)
 
     def save(self, out: Path, metadata: dict[str, str]) -> None:
-        # The base's own inference scheduler config is kept, so the folder samples as the starting base did.
-        self.base.pipeline().save_pretrained(out, safe_serialization=True)
-        for component in ("unet", "text_encoder"):
-            add_metadata(out / component / _weights_name(out / component), metadata)
+        with export_folder(out) as staging:
+            # The base's own inference scheduler config is kept, so the folder samples as the starting base did.
+            self.base.pipeline().save_pretrained(staging, safe_serialization=True)
+            for component in ("unet", "text_encoder"):
+                add_metadata(staging / component / _weights_name(staging / component), metadata)
 
 
 def _weights_name(folder: Path) -> str:

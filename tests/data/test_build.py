@@ -14,6 +14,8 @@ from fashionsd_x.data.build import SkippedItemsError, build_dataset
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.data.sources import LayoutError
 from tests.conftest import garment
+from tests.test_cli import _assert_one_line_error as assert_one_line_error
+from tests.test_cli import fsdx
 
 
 def _rows(dataset_dir):
@@ -121,7 +123,10 @@ def test_bad_inputs_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
     for name, reason in bad.items():
         assert reason in skipped[name], (name, skipped.get(name))
     assert "uncaptioned.jpg" in skipped
-    assert any("duplicate id" in reason for reason in skipped.values())
+    # the second row of plain.jpg (new caption, same id) is a duplicate of the first; the first caption stays
+    assert any("duplicate of" in skip["reason"] and skip["reason"].find("metadata.jsonl:1 ") > 0
+               for skip in result.report["skipped"])
+    assert [row["text"] for row in train if row["id"] == "plain"] == ["good plain.jpg"]
     images = {row["id"]: np.asarray(row["image"]) for row in train}
     assert images["rgba"][0, 0].tolist() == [255, 255, 255]
     assert images["deep"].mean() > 150  # 16-bit scaled, not clipped to white or black
@@ -158,3 +163,104 @@ def test_invalid_settings_are_rejected(synth_root, tmp_path):
     with pytest.raises(ValueError, match="resolution"):
         build_dataset("folder", synth_root, tmp_path / "o", resolution=8)
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+# Hostile catalogues from the probe of issue #13: each item is either in the dataset once or in the report
+# with its reason, and a catalogue with nothing usable is one line on stderr with exit code 2.
+
+def _loop(root, name):
+    """NAME and NAME.loop under ROOT: two symbolic links pointing at each other."""
+    (root / name).symlink_to(f"{name}.loop.png")
+    (root / f"{name}.loop.png").symlink_to(name)
+
+
+def _jsonl(root, rows):
+    (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _skips(result):
+    return {skip["path"].rsplit("/", 1)[-1]: skip["reason"] for skip in result.report["skipped"]}
+
+
+@pytest.mark.parametrize("caption_file", ["metadata.jsonl", "captions.csv"])
+def test_row_naming_a_symlink_loop_is_skipped_not_a_traceback(tmp_path, caption_file):
+    root = tmp_path / "raw"
+    root.mkdir()
+    garment(0).save(root / "a.png")
+    _loop(root, "loop.png")
+    if caption_file == "metadata.jsonl":
+        _jsonl(root, [{"file_name": "a.png", "text": "a red dress"}, {"file_name": "loop.png", "text": "a loop"}])
+    else:
+        (root / "captions.csv").write_text("file_name,text\na.png,a red dress\nloop.png,a loop\n")
+    result = build_dataset("folder", root, tmp_path / "out", resolution=32, test_fraction=0.0)
+    assert load_from_disk(str(tmp_path / "out"))["train"]["id"] == ["a"]
+    skips = _skips(result)
+    assert skips["loop.png"] == "image is a symbolic link loop"
+    assert skips["loop.png.loop.png"] == "image is a symbolic link loop"  # the other end, listed by no row
+
+
+def test_same_image_listed_twice_is_in_the_dataset_once_under_its_first_caption(tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    garment(0).save(root / "a.png")
+    garment(1).save(root / "b.png")
+    shutil.copy(root / "b.png", root / "b_copy.png")
+    (root / "alias.png").symlink_to("a.png")
+    _jsonl(root, [
+        {"file_name": "a.png", "text": "a red dress", "id": "dress-1"},
+        {"file_name": "a.png", "text": "a blue dress"},  # same file, new caption, no id
+        {"file_name": "./alias.png", "text": "a green dress"},  # the same file through a link
+        {"file_name": "b.png", "text": "a skirt"},
+        {"file_name": "b_copy.png", "text": "a skirt again"},  # identical bytes under another name
+    ])
+    result = build_dataset("folder", root, tmp_path / "out", resolution=32, test_fraction=0.0)
+    train = load_from_disk(str(tmp_path / "out"))["train"]
+    assert sorted(zip(train["id"], train["text"])) == [("b", "a skirt"), ("dress-1", "a red dress")]
+    reasons = [skip["reason"] for skip in result.report["skipped"]]
+    assert len(reasons) == 3 and result.report["num_skipped"] == 3
+    assert reasons[0] == f"duplicate of {root / 'metadata.jsonl'}:1 (the same image file); the first row is kept"
+    assert reasons[1].startswith(f"duplicate of {root / 'metadata.jsonl'}:1 (the same image file)")
+    assert reasons[2].startswith(f"duplicate of {root / 'metadata.jsonl'}:4 (an identical image file)")
+
+
+def test_latin1_captions_are_skipped_with_the_byte_named_never_stored_as_replacement_characters(tmp_path):
+    jsonl_root, txt_root = tmp_path / "jsonl", tmp_path / "txt"
+    for root in (jsonl_root, txt_root):
+        root.mkdir()
+        garment(0).save(root / "good.png")
+        garment(1).save(root / "latin.png")
+    lines = [json.dumps({"file_name": "good.png", "text": "robe d'été"}, ensure_ascii=False).encode("utf-8"),
+             json.dumps({"file_name": "latin.png", "text": "jupe plissée"}, ensure_ascii=False).encode("latin-1")]
+    (jsonl_root / "metadata.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")  # a BOM is fine
+    (txt_root / "good.txt").write_bytes("\ufeffrobe d'été".encode("utf-8"))
+    (txt_root / "latin.txt").write_bytes("jupe plissée".encode("latin-1"))
+    for root in (jsonl_root, txt_root):
+        out = tmp_path / f"{root.name}_out"
+        result = build_dataset("folder", root, out, resolution=32, test_fraction=0.0)
+        train = load_from_disk(str(out))["train"]
+        assert list(zip(train["id"], train["text"])) == [("good", "robe d'été")]
+        reasons = " | ".join(skip["reason"] for skip in result.report["skipped"])
+        assert "not UTF-8 text (byte 0xe9" in reasons and "re-save it as UTF-8" in reasons
+        assert "\ufffd" not in json.dumps(result.report, ensure_ascii=False)
+    assert _skips(result)["latin.png"].startswith("caption file latin.txt is not UTF-8 text (byte 0xe9 at offset 10")
+
+
+def test_cli_reports_an_unlisted_symlink_loop_and_a_catalogue_with_nothing_usable_is_one_line(tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    garment(0).save(root / "a.png")
+    (root / "a.txt").write_text("a red dress")
+    _loop(root, "loop.png")  # no caption file: today it was passed over without a word
+    build = fsdx("data", "build", "--source", "folder", "--root", root, "--out", tmp_path / "ds", "--resolution", "32",
+                 "--test-fraction", "0")
+    assert build.returncode == 0, build.stderr
+    report = json.loads((tmp_path / "ds" / "build_report.json").read_text())
+    assert report["num_rows"] == {"train": 1, "test": 0}
+    assert {skip["path"].rsplit("/", 1)[-1]: skip["reason"] for skip in report["skipped"]} == {
+        "loop.png": "image is a symbolic link loop", "loop.png.loop.png": "image is a symbolic link loop"}
+    assert "2 item(s) skipped" in build.stdout and "loop.png" in build.stdout
+
+    (root / "a.txt").write_bytes("robe d'été".encode("latin-1"))
+    failed = fsdx("data", "build", "--source", "folder", "--root", root, "--out", tmp_path / "ds2")
+    assert_one_line_error(failed, "no usable item", "not UTF-8 text (byte 0xe9")
+    assert not (tmp_path / "ds2").exists()

@@ -344,7 +344,8 @@ def test_edge_prf_tolerance_absorbs_a_one_pixel_shift():
 def test_edge_prf_empty_cases():
     full = lines_sketch(ROWS)
     assert edge_prf(blank(96), blank(96)) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
-    assert edge_prf(blank(96), full) == {"precision": 1.0, "recall": 0.0, "f1": 0.0}
+    # A blank image follows no sketch: no column may reward it (a blank precision of 1 would top the table).
+    assert edge_prf(blank(96), full) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     assert edge_prf(full, blank(96)) == {"precision": 0.0, "recall": 1.0, "f1": 0.0}
 
 

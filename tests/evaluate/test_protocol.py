@@ -62,16 +62,36 @@ def test_evaluate_command_writes_all_outputs(setup, tmp_path):
     assert len(list((out / "images" / "fashionsd-x").glob("*.png"))) == 3
 
 
-def test_images_are_reused_when_the_same_evaluation_runs_again(setup, tmp_path):
-    kwargs = dict(data=setup["data"], model=str(setup["base"]), out=tmp_path / "e", lora=setup["lora"],
+def test_images_are_reused_only_when_everything_that_made_them_is_the_same(setup, tmp_path):
+    lora = _save_lora(setup["base"], tmp_path / "lora", 1)
+    kwargs = dict(data=setup["data"], model=str(setup["base"]), out=tmp_path / "e", lora=lora,
                   variants="lora", limit=2, steps=2, clip_model=str(tmp_path / "none"))
-    evaluate(**kwargs)
+    first = evaluate(**kwargs).metrics
     image = next((tmp_path / "e" / "images" / "lora").glob("*.png"))
-    stamp = image.stat().st_mtime_ns
+    stamp, pixels = image.stat().st_mtime_ns, np.asarray(Image.open(image))
     evaluate(**kwargs)
     assert image.stat().st_mtime_ns == stamp
-    evaluate(**{**kwargs, "steps": 3})  # other settings: regenerated
+    # The LoRA retrained in place (same folder, same settings, other weights): its images are made again.
+    _save_lora(setup["base"], lora, 7)
+    second = evaluate(**kwargs).metrics
+    assert image.stat().st_mtime_ns != stamp and not np.array_equal(np.asarray(Image.open(image)), pixels)
+    assert second["weights_sha256"]["lora"] != first["weights_sha256"]["lora"]
+    recorded = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert recorded["weights_sha256"] == second["weights_sha256"] and len(recorded["weights_sha256"]["base"]) == 64
+    assert len(recorded["data_sha256"]) == 64 and recorded["settings"]["steps"] == 2 and recorded["command"]
+    stamp = image.stat().st_mtime_ns
+    evaluate(**{**kwargs, "steps": 3})  # other settings: made again
     assert image.stat().st_mtime_ns != stamp
+    stamp = image.stat().st_mtime_ns
+    image.with_suffix(".key").unlink()  # an image whose key is lost (an interrupted write) is not trusted
+    evaluate(**{**kwargs, "steps": 3})
+    assert image.stat().st_mtime_ns != stamp
+
+
+def test_a_resolution_the_base_cannot_generate_is_an_error_that_says_what_to_pass(setup, tmp_path):
+    with pytest.raises(EvaluationError, match="pass --resolution"):
+        evaluate(setup["data"], str(setup["base"]), tmp_path / "o", variants="vanilla", limit=1, steps=1,
+                 resolution=36, clip_model=str(tmp_path / "none"))
 
 
 def test_metric_columns_are_known():

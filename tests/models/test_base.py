@@ -61,14 +61,15 @@ def test_derived_sizes_of_the_tiny_base(tiny_base):
     base = load_base(tiny_base)
     assert base.prediction_type == "epsilon"
     assert base.vae_scale_factor == 2  # two VAE blocks: one downsampling
-    assert base.resolution_multiple() == 4  # VAE x2 times one UNet downsampling
+    # VAE x2 times one UNet downsampling is 4, but SD pipelines take only multiples of 8
+    assert base.resolution_multiple() == 8
     assert base.family == "sd1"
 
 
 def test_check_resolution_names_resolution_and_multiple(tiny_base):
     base = load_base(tiny_base)
-    with pytest.raises(ValueError, match=r"resolution 30 .*multiple of 4") as caught:
-        base.check_resolution(30)
+    with pytest.raises(ValueError, match=r"resolution 36 .*multiple of 8") as caught:
+        base.check_resolution(36)
     assert base.source in str(caught.value)
     with pytest.raises(ValueError, match="resolution 0"):
         base.check_resolution(0)

@@ -103,6 +103,22 @@ def test_a_rebuilt_dataset_retrains_the_stages_that_learn_from_it(tmp_path):
     assert (out / "lora.stale").is_dir() and (out / "lora" / "train_result.json").is_file()
 
 
+def test_a_vae_trained_on_remakes_the_base_init_and_retrains_the_base(tmp_path):
+    out = tmp_path / "recipe"
+    run_recipe(MINIATURE, out, stop_after="base")
+    vae_weights = (out / "base_init" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    longer = dataclasses.replace(MINIATURE, vae=dataclasses.replace(MINIATURE.vae, max_steps=3))
+    run_recipe(longer, out, stop_after="base")
+    assert json.loads((out / "vae" / "vae_train.json").read_text())["steps"] == 3  # continued, not restarted
+    assert (out / "base_init.stale").is_dir() and (out / "base.stale").is_dir()
+    assert (out / "base_init" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() != vae_weights
+    base_written = _written(out / "base")
+
+    run_recipe(longer, out, stop_after="base")  # nothing changed: nothing is made again
+    assert _written(out / "base") == base_written
+
+
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="stop_after must be one of"):
         run_recipe(MINIATURE, tmp_path, stop_after="everything")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,16 +50,90 @@ class Scan:
 def require(path: Path, what: str, source: str) -> Path:
     """Raise LayoutError naming the missing file or folder of a source layout."""
     if not path.exists():
-        raise LayoutError(f"{source} layout: missing {what} {path}")
+        link = " (a broken symbolic link or a link loop)" if path.is_symlink() else ""
+        raise LayoutError(f"{source} layout: missing {what} {path}{link}")
     return path
 
 
-def read_pairs(pairs: Path, suffix: str, result: Scan) -> Iterator[tuple[str, str]]:
+def file_problem(path: Path) -> str | None:
+    """Why PATH cannot be read as a file, as words that follow "image" ("is a symbolic link loop"); None if it can.
+
+    Path.is_file() says False for all of these alike, and Path.resolve() raises on a loop, so a caller that
+    used them either lost the item without a word or crashed.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except ValueError:  # os functions refuse a NUL byte in a name
+        return "has a NUL byte in its name"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "is a broken symbolic link" if _is_link(path) else "not found"
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """A skip reason for text that is not UTF-8, with the first bad byte and what to do."""
+    return (f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}, e.g. Latin-1 or "
+            "cp1252); re-save it as UTF-8")
+
+
+def unicode_problem(value: Any) -> str | None:
+    """Why a decoded value cannot be stored as text (a lone surrogate, e.g. from a JSON "\\ud800" escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return f"not valid Unicode text (lone surrogate U+{ord(value[error.start]):04X})"
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((problem for item in value if (problem := unicode_problem(item))), None)
+    return None
+
+
+def read_bytes(path: Path, what: str, source: str) -> bytes:
+    """The bytes of a layout file (a UTF-8 byte order mark dropped); LayoutError if it cannot be read."""
+    try:
+        return path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as error:
+        raise LayoutError(f"{source} layout: cannot read {what} {path} ({error.strerror or error})") from None
+
+
+def utf8_lines(path: Path, what: str, source: str, skipped: list[Skip]) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file; a line that is not UTF-8 becomes a skip, the others are kept.
+
+    Lines end at \\n, \\r or \\r\\n only: str.splitlines() would also split inside a JSON string holding U+2028.
+    """
+    for number, raw in enumerate(read_bytes(path, what, source).splitlines(), 1):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            skipped.append(Skip(f"{path}:{number}", f"line {not_utf8(error)}"))
+
+
+def read_pairs(pairs: Path, suffix: str, result: Scan, source: str) -> Iterator[tuple[str, str]]:
     """(garment id, garment file name) from the second column of a try-on pairs file ("<person> <garment>").
 
     Lines whose garment file does not end with SUFFIX (e.g. "_1.jpg") are recorded as malformed skips.
     """
-    for number, line in enumerate(pairs.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in utf8_lines(pairs, "pairs file", source, result.skipped):
         names = line.split()
         if not names:
             continue
@@ -66,11 +144,14 @@ def read_pairs(pairs: Path, suffix: str, result: Scan) -> Iterator[tuple[str, st
 
 
 def add_record(result: Scan, record: Record, caption_source: str) -> None:
-    """Keep the record if it has a caption and its image exists; otherwise record why it was skipped."""
+    """Keep the record if it has a caption and its image can be read; otherwise record why it was skipped."""
+    text_problem, file_issue = unicode_problem(record.text), file_problem(record.image_path)
     if not record.text:
         result.skipped.append(Skip(str(record.image_path), f"no caption in {caption_source}", record.id))
-    elif not record.image_path.is_file():
-        result.skipped.append(Skip(str(record.image_path), "garment image not found", record.id))
+    elif text_problem:
+        result.skipped.append(Skip(str(record.image_path), f"caption in {caption_source} is {text_problem}", record.id))
+    elif file_issue:
+        result.skipped.append(Skip(str(record.image_path), f"garment image {file_issue}", record.id))
     else:
         result.records.append(record)
 
@@ -89,10 +170,15 @@ def dedupe(scan: Scan) -> Scan:
 
 
 def read_caption_json(path: Path, source: str) -> dict[str, list[str]]:
+    """Garment id -> caption phrases; LayoutError (one line) for a file that is unreadable, not UTF-8 or not JSON."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(read_bytes(path, "caption file", source).decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise LayoutError(f"{source} layout: {path} is {not_utf8(error)}") from None
+    except json.JSONDecodeError as error:
         raise LayoutError(f"{source} layout: {path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise LayoutError(f"{source} layout: {path} nests too deeply to be a caption file") from None
     if not isinstance(data, dict):
         raise LayoutError(f"{source} layout: {path} must map garment ids to lists of phrases")
     return {str(key): _phrases(value) for key, value in data.items()}

@@ -44,7 +44,7 @@ def caption_text(fine: list[str], coarse: list[str]) -> str:
 
 
 def _scan_pairs(pairs: Path, category: str, split: str, fine: dict, coarse: dict, result: Scan) -> None:
-    for garment_id, file_name in read_pairs(pairs, "_1.jpg", result):
+    for garment_id, file_name in read_pairs(pairs, "_1.jpg", result, NAME):
         text = caption_text(fine.get(garment_id, []), coarse.get(garment_id, []))
         record = Record(garment_id, pairs.parent / "images" / file_name, text, category, split)
         add_record(result, record, "fine_captions.json or coarse_captions.json")

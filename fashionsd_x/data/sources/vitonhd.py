@@ -29,6 +29,6 @@ def scan(root: Path) -> Scan:
 
 
 def _scan_pairs(pairs: Path, cloth_dir: Path, split: str, captions: dict, result: Scan) -> None:
-    for cloth_id, file_name in read_pairs(pairs, "_00.jpg", result):
+    for cloth_id, file_name in read_pairs(pairs, "_00.jpg", result, NAME):
         record = Record(cloth_id, cloth_dir / file_name, caption_text(captions.get(cloth_id, []), []), CATEGORY, split)
         add_record(result, record, "captions.json")
