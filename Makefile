@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test browser clean
+.PHONY: setup demo test browser plain-install-check clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,21 @@ $(STAMP): pyproject.toml requirements/lock.txt
 demo: setup
 	$(BIN)/fsdx demo
 
+# The layers and no-cycles contracts (pyproject.toml, import-linter), then the suite.
 test: setup browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
+# What `pip install fashionsd-x` gives a user (no dev extras) must run an evaluation end to end: every module
+# an evaluation imports is a declared dependency.
+PLAIN := .venv-plain
+plain-install-check:
+	rm -rf $(PLAIN) outputs/plain-install-check
+	$(PYTHON) -m venv $(PLAIN)
+	$(PLAIN)/bin/python -m pip install --quiet -c requirements/lock.txt .
+	cd /tmp && $(CURDIR)/$(PLAIN)/bin/python -m fashionsd_x data sketch-styles --out $(CURDIR)/outputs/plain-install-check/styles --per-style 1
+	cd /tmp && HF_HUB_OFFLINE=1 $(CURDIR)/$(PLAIN)/bin/python -m fashionsd_x evaluate --data $(CURDIR)/outputs/plain-install-check/styles --out $(CURDIR)/outputs/plain-install-check/eval --steps 2 --limit 3
+	rm -rf $(PLAIN)
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(PLAIN) outputs

@@ -41,19 +41,13 @@ from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, 
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.digests import combine, model_sha256, path_sha256
 from fashionsd_x.evaluate import metrics as M
+from fashionsd_x.evaluate.names import VARIANTS, image_stem, style_groups
 from fashionsd_x.evaluate.patterns import pattern_accuracy
+from fashionsd_x.evaluate.report import write_outputs
 from fashionsd_x.generate import GarmentGenerator, process_state
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
 
-VARIANTS = ("vanilla", "lora", "fashionsd-x")
-# metric -> (label, higher is better)
-METRICS = {
-    "fid": ("FID", False), "kid_mean": ("KID", False), "clip_score": ("CLIP score", True), "ssim": ("SSIM", True),
-    "sketch_mse": ("Sketch MSE", False), "edge_precision": ("Edge P", True), "edge_recall": ("Edge R", True),
-    "edge_f1": ("Edge F1", True), "silhouette_iou": ("Silhouette IoU", True), "color_accuracy": ("Colour acc.", True),
-    "pattern_accuracy": ("Pattern acc.", True),
-}
 KEY_SUFFIX = ".key"  # beside each image: the sha256 key of everything that determined it
 PACKAGES = ("fashionsd-x", "diffusers", "transformers", "torch", "torchmetrics", "torch-fidelity", "peft")
 
@@ -147,7 +141,6 @@ def evaluate(
                    "controlnet": _str(controlnet), "weights_sha256": weights, "clip_model": clip_model,
                    "inception_weights": _str(inception_weights), "command": shlex.join(sys.argv),
                    "versions": package_versions(PACKAGES)})
-    from fashionsd_x.evaluate.report import write_outputs
     write_outputs(out, result, rows, generated)
     return EvalResult(out, result)
 
@@ -391,26 +384,12 @@ def _attribute_values(images: list[Image.Image], sketches: list[Image.Image],
     return values
 
 
-def style_groups(rows: list[dict]) -> dict[str, list[int]]:
-    """style -> indices of its rows, in order of first appearance; empty when the rows have no style column."""
-    groups: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        if "style" in row:
-            groups.setdefault(str(row["style"]), []).append(index)
-    return groups
-
-
 def _try(load: Callable[[], Any], metric: str, unavailable: dict[str, str]) -> Any:
     try:
         return load()
     except M.MetricUnavailable as error:
         unavailable[metric] = str(error)
         return None
-
-
-def image_stem(garment_id: str) -> str:
-    """The file stem of a garment's image in OUT/images/<variant>/: its id with unsafe characters replaced."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in garment_id)
 
 
 def _str(value: Any) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from fashionsd_x.evaluate.protocol import METRICS, style_groups
+from fashionsd_x.evaluate.names import METRICS, style_groups
 
 GRID_ROWS = 12  # garments shown in the report's image grid
 THUMB = 128  # thumbnail side in the report

@@ -8,93 +8,30 @@ BaseLoadError with one line saying what was tried and what to pass instead (the 
 
 from __future__ import annotations
 
-import math
-
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import diffusers
 import huggingface_hub.constants
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
+from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+# Base and its error are defined with the pieces both loaders share; importing them from here keeps working.
+from fashionsd_x.models.components import PREDICTION_TYPES, Base, BaseLoadError, build_schedulers, first_line
 from fashionsd_x.models.embedded import embedded_model, is_embedded
+from fashionsd_x.models.single_file import load_single_file
 
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 ACCEPTED_FORMS = ("a Hugging Face hub id (owner/name), a local diffusers folder (model_index.json with unet/, vae/, "
                   "text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint file")
 # owner/name as the Hub spells repository ids; a path that merely looks like one is tried as a path first.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H text width; SD 1.x uses CLIP ViT-L's 768
 
 T = TypeVar("T")
-
-
-class BaseLoadError(ValueError):
-    """A base that cannot be found or loaded; the message is one line: what was tried, what to pass instead."""
-
-
-@dataclass
-class Base:
-    """The components of a Stable Diffusion base, loaded once and shared by training and generation."""
-
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler  # training noise schedule from the base's scheduler config, maybe overridden
-    source: str  # what the user passed: hub id, or the resolved folder/file path
-    kind: str  # "hub", "folder" or "single_file"
-    sampler: SchedulerMixin | None = None  # the base's own inference scheduler (PNDM for SD 1.5, DDIM for SD 2.1)
-
-    @property
-    def prediction_type(self) -> str:
-        """What the UNet predicts: "epsilon" (SD 1.x, SD 2.x 512-base) or "v_prediction" (SD 2.x 768-v)."""
-        return self.noise_scheduler.config.prediction_type
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """How many pixels one latent cell covers along each side (8 for every SD 1.x/2.x VAE)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def family(self) -> str:
-        """"sd2" for an OpenCLIP ViT-H conditioned UNet (cross-attention 1024), else "sd1" (tiny bases included)."""
-        return "sd2" if self.unet.config.cross_attention_dim == SD2_CROSS_ATTENTION_DIM else "sd1"
-
-    def resolution_multiple(self) -> int:
-        """Image sides must be a multiple of this: the VAE's downsampling times the UNet's, and of 8, which
-        diffusers' Stable Diffusion pipelines require of every side whatever the VAE."""
-        downsamplings = sum(1 for block in self.unet.down_blocks if block.downsamplers)
-        return math.lcm(self.vae_scale_factor * 2**downsamplings, 8)
-
-    def check_resolution(self, resolution: int) -> None:
-        """Raise ValueError when `resolution` pixels cannot pass through this base's VAE and UNet unchanged."""
-        multiple = self.resolution_multiple()
-        if resolution <= 0 or resolution % multiple:
-            nearest = max(multiple, round(resolution / multiple) * multiple)
-            raise ValueError(f"resolution {resolution} does not fit base {self.source}: it must be a positive "
-                             f"multiple of {multiple} (VAE x{self.vae_scale_factor} times the UNet's downsampling, and of 8); "
-                             f"try {nearest}")
-
-    def pipeline(self, **extra) -> StableDiffusionPipeline:
-        """A StableDiffusionPipeline sharing these components, without a safety checker; `extra` overrides any
-        constructor argument (e.g. scheduler=...)."""
-        sampler = self.sampler or DDIMScheduler.from_config(self.noise_scheduler.config)
-        components = {
-            "vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "unet": self.unet,
-            # A fresh scheduler per pipeline: set_timesteps mutates it, so pipelines must not share one.
-            "scheduler": type(sampler).from_config(sampler.config),
-            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
-        }
-        return StableDiffusionPipeline(**{**components, **extra})
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -152,9 +89,6 @@ def load_base(base: str | Path, config: str | Path | None = None, prediction_typ
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     kind, source = resolve_base(base)
     if kind == "single_file":
-        # Deferred: single_file imports this module (its export takes a Base).
-        from fashionsd_x.models.single_file import load_single_file
-
         return load_single_file(Path(source), config, prediction_type, torch_dtype)
     if config is not None:
         raise BaseLoadError(f"config={config} only applies to a single .safetensors file; the {kind} base {source} "
@@ -198,22 +132,3 @@ def load_or_explain(loader: Callable[[], T], component: str, source: str, kind: 
         else:
             message = f"could not load the {component} of {kind} base {source}: {reason}"
         raise BaseLoadError(message) from error
-
-
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (library errors often span a paragraph)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
-def build_schedulers(config: dict, prediction_type: str | None, source: str) -> tuple[DDPMScheduler, SchedulerMixin]:
-    """The training noise schedule (DDPM) and the base's own sampler, both from one scheduler config.
-
-    An explicit `prediction_type` wins over the config in both, or a v-prediction UNet would be sampled as epsilon.
-    """
-    overrides = {"prediction_type": prediction_type} if prediction_type else {}
-    name = config.get("_class_name", "")
-    sampler_class = getattr(diffusers, name, None)
-    if not (isinstance(sampler_class, type) and issubclass(sampler_class, SchedulerMixin)):
-        raise BaseLoadError(f"scheduler class {name!r} in base {source} is not a diffusers scheduler")
-    return DDPMScheduler.from_config(config, **overrides), sampler_class.from_config(config, **overrides)

@@ -5,22 +5,11 @@ configs from the Hub. FashionSD-X ships the configs of the two standard architec
 configs/sd2: SD 2.x 768-v) and picks one from the checkpoint's tensor shapes, so loading works offline; a caller
 may name any diffusers folder as the config instead. Only .safetensors files are read, one component at a time.
 
-Export: the inverse renaming (diffusers -> LDM), written for any block layout so that diffusers' own converter
-reads the file back to identical weights:
-  UNet  `model.diffusion_model.`: conv_in -> input_blocks.0.0; down block b, layer j -> input_blocks.(1 + b(L+1) + j)
-        (resnet .0, attention .1), its downsampler -> input_blocks.(1 + b(L+1) + L).0.op; mid_block -> middle_block
-        .0/.1/.2; up block b, layer j -> output_blocks.(b(L+1) + j), its upsampler after the last layer (.1 without
-        attention, .2 with); L = layers_per_block, up blocks have L+1 layers.
-  VAE   `first_stage_model.`: down_blocks.i -> down.i, up_blocks.i -> up.(n-1-i) (LDM numbers the decoder from the
-        latent side), resnets -> block, mid -> block_1/attn_1/block_2, attention linears -> 1x1 convs.
-  Text  `cond_stage_model.transformer.text_model.`: the transformers CLIP layout, as SD 1.x files store it. SD 2.x
-        bases are written this way too: diffusers and FashionSD-X read it back, but A1111/ComfyUI expect SD 2.x text
-        encoders in OpenCLIP layout (with a 24th layer diffusers' SD 2 text encoder does not keep).
+Export (the inverse, diffusers -> LDM) is in export.py.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Callable, Mapping
 from itertools import chain
@@ -31,28 +20,18 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import SingleFileComponentError, create_diffusers_clip_model_from_ldm
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from fashionsd_x.models.base import PREDICTION_TYPES, Base, BaseLoadError, build_schedulers, first_line, load_base
+from fashionsd_x.models.components import PREDICTION_TYPES, Base, BaseLoadError, build_schedulers, first_line
+from fashionsd_x.models.ldm_keys import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, prefixed, unet_to_ldm, vae_to_ldm
 from fashionsd_x.models.tokenizer import write_clip_tokenizer
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."  # SD 1.x: transformers' CLIPTextModel keys
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP keys (resblocks, in_proj)
 CONFIGS = Path(__file__).parent / "configs"
 FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}  # UNet cross-attention width = text encoder width -> family
 CONFIG_BY_FAMILY = {"sd1": "sd15", "sd2": "sd2"}  # family -> shipped config folder under configs/
 CONFIG_FILES = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json")
 LATENT_CHANNELS = 4  # a text-to-image UNet's input; inpainting (9) and depth (5) models differ
-
-UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
-VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 T = TypeVar("T")
 
@@ -215,116 +194,3 @@ def load_tokenizer(folder: Path) -> CLIPTokenizer:
         if (tokenizer_folder / "tokenizer_config.json").is_file():
             (written / "tokenizer_config.json").write_text((tokenizer_folder / "tokenizer_config.json").read_text())
         return CLIPTokenizer.from_pretrained(written)
-
-
-# ---------------------------------------------------------------- export
-
-
-def export_single_file(folder_or_base: str | Path | Base, path: str | Path) -> Path:
-    """Write a base as one original-layout .safetensors checkpoint (what A1111, ComfyUI and from_single_file read).
-
-    The file's metadata records family and prediction_type, which load_base honours when reading it back.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"export path {path} must end in .safetensors")
-    base = folder_or_base if isinstance(folder_or_base, Base) else load_base(folder_or_base)
-    tensors = {
-        **prefixed(UNET_PREFIX, unet_to_ldm(base.unet.state_dict(), base.unet.config.layers_per_block)),
-        **prefixed(VAE_PREFIX, vae_to_ldm(base.vae.state_dict(), len(base.vae.config.up_block_types))),
-        **prefixed(CLIP_PREFIX, text_encoder_to_ldm(base.text_encoder.state_dict())),
-    }
-    metadata = {"format": "pt", "family": base.family, "prediction_type": base.prediction_type,
-                "exported_from": base.source}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: tensor.detach().contiguous() for key, tensor in tensors.items()}, str(path), metadata=metadata)
-    return path
-
-
-def prefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {prefix + key: tensor for key, tensor in tensors.items()}
-
-
-def rename_param(rest: str, names: Mapping[str, str], key: str) -> str:
-    """Rename the submodule at the head of `rest` ("norm1.weight" -> "in_layers.0.weight")."""
-    for old, new in names.items():
-        if rest.startswith(old + "."):
-            return new + rest[len(old):]
-    raise ValueError(f"parameter {key} has no place in the single-file layout")
-
-
-def unet_key_to_ldm(key: str, layers_per_block: int, up_blocks_with_attention: set[int]) -> str:
-    """One diffusers UNet key in LDM naming (see the module docstring for the numbering)."""
-    step = layers_per_block + 1  # LDM numbers a block's layers and its down/upsampler consecutively
-
-    def layer(kind: str, rest: str) -> str:  # a layer's resnet sits at .0, its attention at .1
-        return f"0.{rename_param(rest, UNET_RESNET, key)}" if kind == "resnets" else f"1.{rest}"
-
-    if match := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        block, kind, index, rest = match.groups()
-        return f"input_blocks.{1 + int(block) * step + int(index)}.{layer(kind, rest)}"
-    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-        block, param = match.groups()
-        return f"input_blocks.{1 + int(block) * step + layers_per_block}.0.op.{param}"
-    if match := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        kind, index, rest = match.groups()  # resnet 0, attention 0, resnet 1 -> middle_block.0, .1, .2
-        if kind == "resnets":
-            return f"middle_block.{2 * int(index)}.{rename_param(rest, UNET_RESNET, key)}"
-        return f"middle_block.{2 * int(index) + 1}.{rest}"
-    if match := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        block, kind, index, rest = match.groups()
-        return f"output_blocks.{int(block) * step + int(index)}.{layer(kind, rest)}"
-    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
-        block, param = match.groups()
-        slot = 2 if int(block) in up_blocks_with_attention else 1  # the upsampler follows the attention if any
-        return f"output_blocks.{int(block) * step + layers_per_block}.{slot}.conv.{param}"
-    return rename_param(key, UNET_FIXED, key)
-
-
-def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
-    """A diffusers UNet2DConditionModel state dict in LDM naming (UNet weights keep their shapes)."""
-    if not isinstance(layers_per_block, int):
-        raise ValueError(f"per-block layers_per_block {layers_per_block} has no single-file layout; need one integer")
-    with_attention = {int(key.split(".")[1]) for key in state_dict if re.match(r"up_blocks\.\d+\.attentions\.", key)}
-    return {unet_key_to_ldm(key, layers_per_block, with_attention): tensor for key, tensor in state_dict.items()}
-
-
-def vae_key_to_ldm(key: str, num_blocks: int) -> str:
-    """One diffusers AutoencoderKL key in LDM naming; the decoder's up blocks are numbered from the latent side."""
-    if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        block, layer, rest = match.groups()
-        return f"encoder.down.{block}.block.{layer}.{rename_param(rest, VAE_RESNET, key)}"
-    if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-        return f"encoder.down.{match[1]}.downsample.conv.{match[2]}"
-    if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        block, layer, rest = match.groups()
-        return f"decoder.up.{num_blocks - 1 - int(block)}.block.{layer}.{rename_param(rest, VAE_RESNET, key)}"
-    if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
-        return f"decoder.up.{num_blocks - 1 - int(match[1])}.upsample.conv.{match[2]}"
-    if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
-        coder, layer, rest = match.groups()
-        return f"{coder}.mid.block_{int(layer) + 1}.{rename_param(rest, VAE_RESNET, key)}"
-    if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
-        return f"{match[1]}.mid.attn_1.{rename_param(match[2], VAE_ATTENTION, key)}"
-    if match := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(weight|bias)", key):
-        return f"{match[1]}.norm_out.{match[2]}"
-    if re.fullmatch(r"((encoder|decoder)\.conv_(in|out)|quant_conv|post_quant_conv)\.(weight|bias)", key):
-        return key
-    raise ValueError(f"VAE parameter {key} has no place in the single-file layout")
-
-
-def vae_to_ldm(state_dict: Mapping[str, torch.Tensor], num_blocks: int) -> dict[str, torch.Tensor]:
-    """A diffusers AutoencoderKL state dict in LDM naming; the mid attention's linears become 1x1 convolutions."""
-    converted = {}
-    for key, tensor in state_dict.items():
-        ldm_key = vae_key_to_ldm(key, num_blocks)
-        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]  # LDM's AttnBlock uses Conv2d(kernel 1) for q, k, v and proj_out
-        converted[ldm_key] = tensor
-    return converted
-
-
-def text_encoder_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers CLIPTextModel keys as SD 1.x files store them: under text_model. (transformers >= 5.6 dropped
-    that level from CLIPTextModel, older versions keep it)."""
-    return {key if key.startswith("text_model.") else f"text_model.{key}": tensor for key, tensor in state_dict.items()}

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.tokenizer import MAX_LENGTH, clip_tokenizer
 
 CLIP_VOCAB_SIZE = 49408
@@ -113,4 +114,5 @@ def tiny_pipeline(config: TinyConfig | None = None, seed: int = 0) -> StableDiff
 def build_tiny_base(out: Path, config: TinyConfig | None = None, seed: int = 0) -> Path:
     """Save a tiny base as a diffusers folder (safetensors) that StableDiffusionPipeline.from_pretrained loads."""
     tiny_pipeline(config, seed).save_pretrained(out, safe_serialization=True)
+    standardize_text_encoder(Path(out))
     return Path(out)

@@ -1,8 +1,9 @@
-"""The real CLIP BPE tokenizer, built offline from the vocabulary that open-clip-torch ships.
+"""The real CLIP BPE tokenizer, built offline from the merge list shipped in the package.
 
 Stable Diffusion 1.x uses OpenAI CLIP's tokenizer: 49,408 tokens = 256 byte symbols, the same with an
-end-of-word marker, 48,894 merges, and the start/end tokens. open_clip packages the merge list
-(bpe_simple_vocab_16e6.txt.gz); the vocabulary is derived from it exactly as CLIP's own SimpleTokenizer does.
+end-of-word marker, 48,894 merges, and the start/end tokens. The merge list OpenAI published with CLIP
+(bpe_simple_vocab_16e6.txt.gz, MIT-licensed, see fashionsd_x/assets/clip/LICENSE) ships in
+fashionsd_x/assets/clip; the vocabulary is derived from it exactly as CLIP's own SimpleTokenizer does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # OpenAI CLIP's merge list, as published with CLIP
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of the file
 MAX_LENGTH = 77  # CLIP's text context, as in every SD 1.x/2.x tokenizer
 
@@ -33,8 +35,8 @@ def byte_symbols() -> list[str]:
 
 
 def clip_merges() -> list[str]:
-    """The merge rules ("a b" per line) that CLIP uses, read from open_clip's package data."""
-    data = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    """The merge rules ("a b" per line) that CLIP uses, read from the package's copy of CLIP's merge list."""
+    data = resources.files("fashionsd_x").joinpath("assets", "clip", VOCAB_FILE).read_bytes()
     lines = gzip.decompress(data).decode("utf-8").split("\n")
     return lines[1 : NUM_MERGES + 1]  # line 0 is the file's version header
 

@@ -101,7 +101,7 @@ def _model_and_sketch(folder: Path) -> tuple[GarmentGenerator, Path, str, bool]:
     from fashionsd_x.models.embedded import EMBEDDED_DIR
 
     if (EMBEDDED_DIR / "model_index.json").is_file():
-        from fashionsd_x.demo import read_demo_items
+        from fashionsd_x.recipes.demo import read_demo_items
 
         _, sketch, prompts = read_demo_items()[0]
         return GarmentGenerator.load(), sketch, prompts[0], True

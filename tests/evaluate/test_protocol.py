@@ -18,7 +18,8 @@ from fashionsd_x.data.images import pad_to_square
 from fashionsd_x.data.sketch_styles import STYLES, draw_item, make_sketch_styles
 from fashionsd_x.data.synth import PALETTE, synthesize
 from fashionsd_x.evaluate.metrics import fid_kid_from_features, line_mask, mask_iou, square_frame
-from fashionsd_x.evaluate.protocol import METRICS, EvaluationError, ItemScores, evaluate, style_groups
+from fashionsd_x.evaluate.names import METRICS, style_groups
+from fashionsd_x.evaluate.protocol import EvaluationError, ItemScores, evaluate
 from fashionsd_x.models.tiny import build_tiny_base
 from tests.test_generate import _save_controlnet, _save_lora
 

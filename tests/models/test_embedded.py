@@ -20,7 +20,7 @@ from PIL import Image
 from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.data.synth import PALETTE
 from fashionsd_x.data.sketch_styles import STYLES, draw_item, prompt as style_prompt
-from fashionsd_x.demo import DEMO_ITEMS, read_demo_items
+from fashionsd_x.recipes.demo import DEMO_ITEMS, read_demo_items
 from fashionsd_x.evaluate.metrics import color_accuracy, mask_iou, silhouette_iou
 from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.generate import GarmentGenerator, read_params

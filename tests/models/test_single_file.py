@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from fashionsd_x.models.base import BaseLoadError, load_base
-from fashionsd_x.models.single_file import (CONFIGS, UNET_PREFIX, VAE_PREFIX, detect_family, export_single_file,
-                                            load_tokenizer, shipped_config, unet_to_ldm, vae_to_ldm)
+from fashionsd_x.models.export import export_single_file, unet_to_ldm, vae_to_ldm
+from fashionsd_x.models.single_file import (CONFIGS, UNET_PREFIX, VAE_PREFIX, detect_family, load_tokenizer,
+                                            shipped_config)
 from tests.models.test_base import render
 
 SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}

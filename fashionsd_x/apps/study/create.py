@@ -161,7 +161,7 @@ def _sketches(metrics: dict[str, Any], garments: list[str], required: bool) -> d
     if data and (Path(data) / "dataset_dict.json").is_file():
         from datasets import load_from_disk
 
-        from fashionsd_x.evaluate.protocol import image_stem  # the evaluation's image file name of a garment id
+        from fashionsd_x.evaluate.names import image_stem  # the evaluation's image file name of a garment id
 
         dataset = load_from_disk(data)
         rows = dataset[split].select_columns(["id", "sketch"]) if split in dataset else []

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from fashionsd_x.digests import combine, path_sha256
+from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.pretrain_vae import REPORT_NAME as VAE_REPORT
 from fashionsd_x.models.pretrain_vae import VaeTrainConfig
 from fashionsd_x.models.tiny import TinyConfig
+from fashionsd_x.recipes.ship import FINAL_BASE, ship_model
 
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures
@@ -42,7 +44,6 @@ DATA_SPEC_NAME = "recipe_data_spec.json"  # in a dataset's folder: the DataSpec 
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
 DIGESTS_FORMAT = 2  # recipe_inputs.json: 2 = sha256 of the inputs' content (weights, datasets)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the LoRA stage's weights, as load_lora_weights reads them
-FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it
 BASE_STAGES = ("vae", "base", "refine")  # what --base-from takes from a finished model instead of training
 BASE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # a diffusers base
 
@@ -86,7 +87,7 @@ class RecipeConfig:
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 2000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
+        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
         "random_flip": True,
         "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
         "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
@@ -99,7 +100,7 @@ class RecipeConfig:
         "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
     # ControlNet steps when it continues from the ControlNet of the model --base-from names (it already follows
     # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
-    controlnet_continue_steps: int = 2500
+    controlnet_continue_steps: int = 1500
     seed: int = 0  # weights and every random draw of the training stages
     eval_items: int = 100  # held-out new-collection garments the final evaluation generates per variant
     style_items: int = 12  # sketches per style of the sketch-style benchmark the final evaluation also runs
@@ -122,6 +123,7 @@ def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
     temporary = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     pipeline.save_pretrained(temporary, safe_serialization=True)
+    standardize_text_encoder(temporary)
     temporary.rename(out)
     return out
 
@@ -172,8 +174,6 @@ def run_recipe(config: RecipeConfig, out: Path, ship_to: Path | None = None, sto
         if stage == stop_after:
             return out
     if ship_to is not None:
-        from fashionsd_x.models.embedded import ship_model
-
         ship_model(out, ship_to)
     return out
 

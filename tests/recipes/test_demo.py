@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from fashionsd_x.demo import CELL, DEMO_ITEMS, HAND_DRAWN, read_demo_items
+from fashionsd_x.recipes.demo import CELL, DEMO_ITEMS, HAND_DRAWN, read_demo_items
 from fashionsd_x.generate import read_params
 from tests.test_cli import fsdx
 

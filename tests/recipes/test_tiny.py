@@ -13,7 +13,7 @@ from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.embedded import embedded_model, size_mb
 from fashionsd_x.models.pretrain_vae import VaeTrainConfig
-from fashionsd_x.models.recipe import STAGES, DataSpec, RecipeConfig, run_recipe
+from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, run_recipe
 from fashionsd_x.models.tiny import TinyConfig
 
 FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_images": 0, "checkpoint_every": 1,

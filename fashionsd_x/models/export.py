@@ -1,0 +1,140 @@
+"""Writing a base as one single-file checkpoint in the original LDM layout (what A1111, ComfyUI and diffusers'
+from_single_file read); the key renaming is in ldm_keys.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel
+from diffusers.utils import convert_state_dict_to_kohya
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fashionsd_x.models.base import Base, load_base
+from fashionsd_x.models.ldm_keys import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, controlnet_to_ldm, prefixed,
+                                         text_encoder_to_ldm, unet_to_ldm, vae_to_ldm)
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the diffusers-format file in a `fsdx train lora` folder
+
+
+def export_single_file(folder_or_base: str | Path | Base, path: str | Path) -> Path:
+    """Write a base as one original-layout .safetensors checkpoint (what A1111, ComfyUI and from_single_file read).
+
+    The file's metadata records family and prediction_type, which load_base honours when reading it back.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"export path {path} must end in .safetensors")
+    base = folder_or_base if isinstance(folder_or_base, Base) else load_base(folder_or_base)
+    tensors = {
+        **prefixed(UNET_PREFIX, unet_to_ldm(base.unet.state_dict(), base.unet.config.layers_per_block)),
+        **prefixed(VAE_PREFIX, vae_to_ldm(base.vae.state_dict(), len(base.vae.config.up_block_types))),
+        **prefixed(CLIP_PREFIX, text_encoder_to_ldm(base.text_encoder.state_dict())),
+    }
+    metadata = {"format": "pt", "family": base.family, "prediction_type": base.prediction_type,
+                "exported_from": base.source}
+    _save(tensors, path, metadata)
+    return path
+
+
+def export_controlnet(folder: str | Path, path: str | Path) -> Path:
+    """Write a diffusers ControlNet folder as one file in the original layout (control_model.* keys), the layout
+    A1111's ControlNet extension and ComfyUI load; diffusers reads it back with ControlNetModel.from_single_file."""
+    path = _safetensors_path(path)
+    controlnet = ControlNetModel.from_pretrained(folder, use_safetensors=True)
+    tensors = controlnet_to_ldm(controlnet.state_dict(), controlnet.config.layers_per_block)
+    _save(tensors, path, {"format": "pt", "exported_from": str(folder)})
+    return path
+
+
+def export_lora(lora: str | Path, path: str | Path) -> Path:
+    """Write a diffusers/PEFT LoRA (a `fsdx train lora` folder or its .safetensors file) in kohya's layout
+    (lora_unet_*, lora_te_* with lora_down/lora_up and .alpha): what A1111, ComfyUI and kohya's scripts load."""
+    source = Path(lora)
+    source = source / LORA_WEIGHTS if source.is_dir() else source
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    unet = {key.removeprefix("unet."): value for key, value in tensors.items() if key.startswith("unet.")}
+    text = {key.removeprefix("text_encoder."): value for key, value in tensors.items()
+            if key.startswith("text_encoder.")}
+    if not unet and not text:
+        raise ValueError(f"{source} holds no diffusers LoRA tensors (unet.* or text_encoder.* keys)")
+    alpha, rank = _lora_alpha_and_rank(metadata, unet or text)
+    path = _safetensors_path(path)
+    _save(kohya_state_dict(unet, text, alpha), path, {"format": "pt", "ss_network_module": "networks.lora",
+                                                      "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
+    return path
+
+
+def kohya_state_dict(unet_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],
+                     alpha: float) -> dict[str, torch.Tensor]:
+    """PEFT LoRA tensors in kohya's naming (lora_unet_*, lora_te_* with lora_down/lora_up and .alpha)."""
+    prefixed_state = {**{f"unet.{key}": value for key, value in unet_state.items()},
+                      **{f"text_encoder.{key}": value for key, value in text_state.items()}}
+    converted = {}
+    for key, value in convert_state_dict_to_kohya(prefixed_state).items():
+        # diffusers writes lora_te1_ (SDXL's first encoder) after transformers 5's CLIP module path; SD 1.x/2.x
+        # tools expect kohya's lora_te_text_model_... names.
+        if key.startswith("lora_te1_"):
+            rest = key.removeprefix("lora_te1_")
+            key = "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+        # diffusers writes alpha = rank (scale 1); the real alpha keeps the scale alpha / rank the LoRA trained at.
+        converted[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else value.contiguous()
+    return converted
+
+
+def _lora_alpha_and_rank(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """The LoRA's alpha (from the adapter config diffusers stores in the file; alpha = rank when absent) and rank."""
+    rank = next(value.shape[0] for key, value in tensors.items() if "lora_A" in key or "lora.down" in key)
+    config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    alpha = config.get("unet.lora_alpha", config.get("text_encoder.lora_alpha", rank))
+    return float(alpha), int(rank)
+
+
+def export_model(out: Path, model: str | None = None, lora: Path | None = None,
+                 controlnet: Path | None = None) -> Path:
+    """Write one part of a FashionSD-X model as the single file other tools load.
+
+    Exactly one of --model, --lora or --controlnet:
+      --model       a base (diffusers folder, hub id, or tiny for the embedded one) -> original SD checkpoint layout
+                    (A1111, ComfyUI, diffusers' from_single_file);
+      --lora        a LoRA folder or file -> kohya layout (A1111, ComfyUI, kohya's sd-scripts);
+      --controlnet  a ControlNet folder -> original ControlNet layout, control_model.* (A1111's ControlNet
+                    extension, ComfyUI).
+
+    Args:
+        out: the .safetensors file to write (its folder is created; an existing file is replaced atomically).
+        model: base to export.
+        lora: LoRA folder or .safetensors file to export.
+        controlnet: ControlNet folder to export.
+    """
+    chosen = [name for name, value in (("model", model), ("lora", lora), ("controlnet", controlnet)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --model, --lora or --controlnet (got {', '.join(chosen) or 'none'})")
+    _safetensors_path(out)
+    if model:
+        return export_single_file(model, out)
+    return export_lora(lora, out) if lora else export_controlnet(controlnet, out)
+
+
+def _safetensors_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"export path {path} must end in .safetensors")
+    if path.is_dir():
+        raise ValueError(f"export path {path} is a folder; name the .safetensors file to write")
+    return path
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write the file atomically: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file({key: tensor.detach().contiguous() for key, tensor in tensors.items()}, str(temporary),
+              metadata=metadata)
+    os.replace(temporary, path)

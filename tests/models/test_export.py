@@ -1,0 +1,70 @@
+"""`fsdx export`: each part of a model in the single-file layout other tools load, read back by their loaders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import ControlNetModel
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from fashionsd_x.models.base import load_base
+from fashionsd_x.models.embedded import EMBEDDED_DIR
+from fashionsd_x.models.export import export_model
+from tests.test_cli import fsdx
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(tiny_base, tmp_path_factory):
+    """A ControlNet of the tiny base with SD's sketch encoder (16/32/96/256, as every SD 1.5 ControlNet has) and
+    random zero convolutions, so a lost or swapped tensor shows."""
+    controlnet = ControlNetModel.from_unet(load_base(tiny_base).unet,
+                                           conditioning_embedding_out_channels=(16, 32, 96, 256))
+    torch.manual_seed(0)
+    for module in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+        torch.nn.init.normal_(module.weight)
+    folder = tmp_path_factory.mktemp("cn") / "controlnet"
+    controlnet.save_pretrained(folder)
+    return folder
+
+
+def test_controlnet_export_has_the_original_layout_and_reads_back_identically(controlnet_folder, tmp_path):
+    path = export_model(tmp_path / "cn.safetensors", controlnet=controlnet_folder)
+    keys = list(safe_open(str(path), "pt").keys())
+    assert keys and all(key.startswith("control_model.") for key in keys)
+    assert {"control_model.input_hint_block.0.weight", "control_model.input_hint_block.14.weight",
+            "control_model.zero_convs.0.0.weight", "control_model.middle_block_out.0.weight",
+            "control_model.time_embed.0.weight", "control_model.input_blocks.0.0.weight"} <= set(keys)
+    # diffusers' own converter of the original layout gives back every tensor, bit for bit
+    original = ControlNetModel.from_pretrained(controlnet_folder).state_dict()
+    again = ControlNetModel.from_single_file(str(path), config=str(controlnet_folder)).state_dict()
+    assert set(again) == set(original)
+    assert all(torch.equal(again[key], original[key]) for key in original)
+
+
+def test_lora_export_equals_the_kohya_file_training_wrote(tmp_path):
+    path = export_model(tmp_path / "lora_kohya.safetensors", lora=EMBEDDED_DIR / "lora")
+    exported, shipped = load_file(str(path)), load_file(str(EMBEDDED_DIR / "lora" / "pytorch_lora_weights_kohya.safetensors"))
+    assert set(exported) == set(shipped) and any(key.startswith("lora_unet_") for key in exported)
+    assert all(torch.equal(exported[key], shipped[key]) for key in shipped)
+    assert safe_open(str(path), "pt").metadata()["ss_network_dim"] == "8"
+
+
+def test_export_command(tiny_base, controlnet_folder, tmp_path):
+    result = fsdx("export", "--model", str(tiny_base), "--out", str(tmp_path / "base.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert any(key.startswith("model.diffusion_model.") for key in safe_open(str(tmp_path / "base.safetensors"), "pt").keys())
+    result = fsdx("export", "--controlnet", str(controlnet_folder), "--out", str(tmp_path / "cn.safetensors"))
+    assert result.returncode == 0, result.stderr
+    for wrong in (["--controlnet", str(controlnet_folder), "--lora", str(EMBEDDED_DIR / "lora")], []):
+        result = fsdx("export", *wrong, "--out", str(tmp_path / "x.safetensors"))
+        assert result.returncode == 2 and "exactly one of" in result.stderr and "Traceback" not in result.stderr
+    result = fsdx("export", "--controlnet", str(controlnet_folder), "--out", str(tmp_path / "x.ckpt"))
+    assert result.returncode == 2 and ".safetensors" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_shipped_model_has_standard_clip_keys_and_a_kohya_lora():
+    keys = list(safe_open(str(EMBEDDED_DIR / "text_encoder" / "model.safetensors"), "pt").keys())
+    assert keys and all(key.startswith("text_model.") for key in keys)  # what transformers 4 expects too
+    assert (EMBEDDED_DIR / "lora" / "pytorch_lora_weights_kohya.safetensors").is_file()
