@@ -109,14 +109,9 @@ def export_folder(folder: Path | str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise NonFiniteWeightsError naming the first tensor of `tensors` that holds NaN or inf."""
-    for name, tensor in tensors.items():
-        _check_tensor(name, tensor, source)
-
-
 def check_finite_file(path: Path, name: Path | str | None = None) -> None:
-    """check_finite over a safetensors file, one tensor in memory at a time (`name`: how to call the file)."""
+    """Raise NonFiniteWeightsError naming the first tensor of a safetensors file that holds NaN or inf (one
+    tensor in memory at a time; `name`: how to call the file in the message)."""
     with safe_open(str(path), framework="pt") as handle:
         for key in handle.keys():
             _check_tensor(key, handle.get_tensor(key), str(name or path))

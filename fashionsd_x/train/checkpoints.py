@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fashionsd_x.files import sha256_of, sync_file, sync_folder, write_text
@@ -133,7 +133,7 @@ def _structural_damage(checkpoint: Path) -> str | None:
                     pass
             elif path.suffix == ".json":
                 json.loads(path.read_text(encoding="utf-8"))
-        except Exception:  # noqa: BLE001 - any failure to parse is damage (safetensors raises its own kind)
+        except (OSError, ValueError, SafetensorError):
             return f"{path.relative_to(checkpoint)} does not parse (truncated or damaged)"
     return None
 

@@ -418,6 +418,7 @@ def draw(s: Session, batch: dict[str, Any], index: int) -> Draws:
     s.method.prepare_batch(batch, derive_seed(config.seed, index, s.accelerator.process_index, AUGMENT_STREAM))
     size = batch["index"].shape[0]
     latent = (size, s.base.vae.config.latent_channels, *[config.resolution // s.base.vae_scale_factor] * 2)
+    # The order of the draws below is part of every run's result (a seed gives the runs it always gave).
     flips = torch.rand(size, generator=generator) < 0.5 if config.random_flip else torch.zeros(size, dtype=torch.bool)
     drops = torch.rand(size, generator=generator) < config.caption_dropout
     posterior = torch.randn(latent, generator=generator)
