@@ -66,7 +66,7 @@ def write_card(root: Path) -> Path:
               "garment's size and place in the frame, which no caption says, so only the sketch tells the "
               "silhouette.", ""]
     if stages["controlnet"].get("continued_from"):
-        lines += [f"This release retrained stages 4 and 5 on the shipped base (`fsdx train tiny --base-from`): a new "
+        lines += ["This release retrained stages 4 and 5 on the shipped base (`fsdx train tiny --base-from`): a new "
                   "LoRA, and the ControlNet continued from the previous one with normalised sketches and "
                   "sketch-style augmentation (settings in controlnet/train_config.yaml).", ""]
     if metrics:

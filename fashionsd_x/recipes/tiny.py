@@ -32,8 +32,8 @@ from typing import Any
 from fashionsd_x.digests import combine, path_sha256
 from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import EMBEDDED_DIR
-from fashionsd_x.models.pretrain_vae import REPORT_NAME as VAE_REPORT
-from fashionsd_x.models.pretrain_vae import VaeTrainConfig
+from fashionsd_x.train.vae import REPORT_NAME as VAE_REPORT
+from fashionsd_x.train.vae import VaeTrainConfig
 from fashionsd_x.models.tiny import TinyConfig
 from fashionsd_x.recipes.ship import FINAL_BASE, ship_model
 
@@ -238,7 +238,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _vae(out: Path, config: RecipeConfig) -> dict[str, Any]:
-    from fashionsd_x.models.pretrain_vae import train_vae
+    from fashionsd_x.train.vae import train_vae
 
     folder, inputs = out / "vae", {"catalogue_data": out / "catalogue_data"}
     report = folder / VAE_REPORT

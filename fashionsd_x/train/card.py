@@ -6,7 +6,7 @@ Hugging Face's model-card layout (YAML front matter, then prose), so the folder 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from PIL import Image
@@ -14,9 +14,8 @@ from PIL import Image
 from fashionsd_x import __version__
 from fashionsd_x.files import write_text
 
-if TYPE_CHECKING:  # only for annotations: core imports this module
-    from fashionsd_x.train.config import TrainConfig
-    from fashionsd_x.train.core import TrainResult
+from fashionsd_x.train.config import TrainConfig
+from fashionsd_x.train.result import TrainResult
 
 USAGE = {
     "lora": """```python

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
@@ -43,6 +43,7 @@ from fashionsd_x.files import atomic_path, save_safetensors, write_text
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.train.cache import build_cache, cache_folder
 from fashionsd_x.train.card import write_card
+from fashionsd_x.train.result import RESULT_NAME, TrainResult
 from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, load_checkpoint,
                                            read_state, save_checkpoint)
 from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
@@ -50,7 +51,6 @@ from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, 
                                     tokenize, validation_samples)
 
 CONFIG_NAME = "train_config.yaml"
-RESULT_NAME = "train_result.json"
 CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # the resolved config (YAML) inside every weights file
 AUGMENT_STREAM = 0xA06  # seeds the per-sample augmentation apart from the step's other draws
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,33 +62,6 @@ class NonFiniteLossError(ValueError):
 
 class LaunchError(ValueError):
     """The re-launched training processes failed; their own messages were printed above."""
-
-
-@dataclass
-class TrainResult:
-    """What a training run wrote (also OUT/train_result.json)."""
-
-    out: Path  # the output folder
-    stage: str  # lora or controlnet
-    weights: Path  # the artifact to load: the LoRA file, or OUT itself for a ControlNet
-    steps: int  # optimizer steps done (in total, across resumes)
-    epochs: float  # passes over the train split those steps made
-    seconds: float  # training time in total, across resumes
-    final_loss: float | None  # mean loss of the last step (None if no step ran in this invocation)
-    validation: list[Path] = field(default_factory=list)  # the final validation images
-    hardware: str = ""  # processes x device and precision of the run (the last invocation's, after a resume)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values.update(out=str(self.out), weights=str(self.weights), validation=[str(p) for p in self.validation])
-        return values
-
-    @classmethod
-    def read(cls, out: Path) -> TrainResult:
-        values = json.loads((Path(out) / RESULT_NAME).read_text(encoding="utf-8"))
-        values.update(out=Path(values["out"]), weights=Path(values["weights"]),
-                      validation=[Path(p) for p in values["validation"]])
-        return cls(**values)
 
 
 class Method(ABC):

@@ -11,9 +11,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
@@ -21,8 +20,10 @@ from safetensors.torch import save_file
 
 from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
+from fashionsd_x.models.export import kohya_state_dict
 from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
+from fashionsd_x.train.core import UNetMethod, add_metadata, train
+from fashionsd_x.train.result import TrainResult
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name for load_lora_weights
 KOHYA_WEIGHTS = "pytorch_lora_weights_kohya.safetensors"
@@ -126,23 +127,6 @@ class LoraMethod(UNetMethod):
             add_metadata(staging / LORA_WEIGHTS, metadata)
             save_file(kohya_state_dict(unet_state, text_state, self.config.lora_alpha()), str(staging / KOHYA_WEIGHTS),
                       metadata={"format": "pt", **kohya_metadata})
-
-
-def kohya_state_dict(unet_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],
-                     alpha: float) -> dict[str, torch.Tensor]:
-    """PEFT LoRA tensors in kohya's naming (lora_unet_*, lora_te_* with lora_down/lora_up and .alpha)."""
-    prefixed = {**{f"unet.{key}": value for key, value in unet_state.items()},
-                **{f"text_encoder.{key}": value for key, value in text_state.items()}}
-    converted = {}
-    for key, value in convert_state_dict_to_kohya(prefixed).items():
-        # diffusers writes lora_te1_ (SDXL's first encoder) after transformers 5's CLIP module path; SD 1.x/2.x
-        # tools expect kohya's lora_te_text_model_... names.
-        if key.startswith("lora_te1_"):
-            rest = key.removeprefix("lora_te1_")
-            key = "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
-        # diffusers writes alpha = rank (scale 1); the real alpha keeps the scale alpha / rank this run trained.
-        converted[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else value.contiguous()
-    return converted
 
 
 def fuse_into_base(base: Base, lora: str | Path) -> None:

@@ -2,7 +2,7 @@
 
 Not a step of the paper, which starts from Stable Diffusion's pretrained weights: it stands in for the
 pretraining no one can download here. The VAE stays frozen (pretrain it first with
-`fashionsd_x.models.pretrain_vae`); the UNet and the CLIP text encoder learn together from the denoising loss,
+`fashionsd_x.train.vae`); the UNet and the CLIP text encoder learn together from the denoising loss,
 so caption words get their meaning from the images. The loop, checkpoints and resume are the LoRA and
 ControlNet trainers' (train/core.py); the result is a whole diffusers folder, a base for `fsdx train lora`.
 """
@@ -13,8 +13,10 @@ from pathlib import Path
 
 from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base
+from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import TrainResult, UNetMethod, add_metadata, train
+from fashionsd_x.train.core import UNetMethod, add_metadata, train
+from fashionsd_x.train.result import TrainResult
 
 
 def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None, epochs: int | None = None,
@@ -76,6 +78,7 @@ class BaseMethod(UNetMethod):
         with export_folder(out) as staging:
             # The base's own inference scheduler config is kept, so the folder samples as the starting base did.
             self.base.pipeline().save_pretrained(staging, safe_serialization=True)
+            standardize_text_encoder(staging)  # text_model.* keys, which transformers 4 needs as well
             for component in ("unet", "text_encoder"):
                 add_metadata(staging / component / _weights_name(staging / component), metadata)
 

@@ -12,7 +12,7 @@ import yaml
 from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.embedded import embedded_model, size_mb
-from fashionsd_x.models.pretrain_vae import VaeTrainConfig
+from fashionsd_x.train.vae import VaeTrainConfig
 from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, run_recipe
 from fashionsd_x.models.tiny import TinyConfig
 

@@ -45,6 +45,8 @@ def test_result_is_a_base_that_diffusers_and_fsdx_load(trained_base):
     header = (trained_base / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()[:20000]
     assert CONFIG_METADATA_KEY.encode() in header
     assert (trained_base / "README.md").read_text().startswith("---")
+    # CLIP's standard key layout, which transformers 4 (and tools built on it) need to find the weights
+    assert all(key.startswith("text_model.") for key in _weights(trained_base, "text_encoder"))
 
 
 def test_resume_gives_the_uninterrupted_weights(garments, tiny_base, trained_base, tmp_path):

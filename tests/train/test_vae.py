@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fashionsd_x.data.build import build_dataset
 from fashionsd_x.data.synth import synthesize
-from fashionsd_x.models.pretrain_vae import VaeTrainConfig, build_vae, pretrain_vae, reconstruction_loss, train_vae
+from fashionsd_x.train.vae import VaeTrainConfig, build_vae, pretrain_vae, reconstruction_loss, train_vae
 from fashionsd_x.train.checkpoints import MARKER, CheckpointError
 from fashionsd_x.train.data import image_tensor, open_dataset
 
