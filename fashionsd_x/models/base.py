@@ -15,8 +15,7 @@ from typing import TypeVar
 
 import huggingface_hub.constants
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 # Base and its error are defined with the pieces both loaders share; importing them from here keeps working.

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, StableDiffusionPipeline
-from diffusers import UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    SchedulerMixin,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer

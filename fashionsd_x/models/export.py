@@ -15,8 +15,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fashionsd_x.models.base import Base, load_base
-from fashionsd_x.models.ldm_keys import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, controlnet_to_ldm, prefixed,
-                                         text_encoder_to_ldm, unet_to_ldm, vae_to_ldm)
+from fashionsd_x.models.ldm_keys import (
+    CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    controlnet_to_ldm,
+    prefixed,
+    text_encoder_to_ldm,
+    unet_to_ldm,
+    vae_to_ldm,
+)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the diffusers-format file in a `fsdx train lora` folder
 

@@ -8,8 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-from fashionsd_x.models.embedded import (COMPONENTS, CONTROLNET_FILES, EMBEDDED_DIR, LORA_FILES, embedded_model,
-                                         read_metrics)
+from fashionsd_x.models.embedded import (
+    COMPONENTS,
+    CONTROLNET_FILES,
+    EMBEDDED_DIR,
+    LORA_FILES,
+    embedded_model,
+    read_metrics,
+)
 from fashionsd_x.recipes.demo import write_demo_items
 
 FINAL_BASE = "refine"  # the stage folder holding the finished base: LoRA, ControlNet and shipping start from it

@@ -32,10 +32,10 @@ from typing import Any
 from fashionsd_x.digests import combine, path_sha256
 from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import EMBEDDED_DIR
-from fashionsd_x.train.vae import REPORT_NAME as VAE_REPORT
-from fashionsd_x.train.vae import VaeTrainConfig
 from fashionsd_x.models.tiny import TinyConfig
 from fashionsd_x.recipes.ship import FINAL_BASE, ship_model
+from fashionsd_x.train.vae import REPORT_NAME as VAE_REPORT
+from fashionsd_x.train.vae import VaeTrainConfig
 
 RESULT_NAME = "train_result.json"  # what core.train writes when a training stage has finished
 RECIPE_NAME = "recipe.json"  # OUT/recipe.json: the recipe's config and each stage's figures

@@ -13,7 +13,6 @@ from PIL import Image
 
 from fashionsd_x import __version__
 from fashionsd_x.files import write_text
-
 from fashionsd_x.train.config import TrainConfig
 from fashionsd_x.train.result import TrainResult
 

@@ -23,10 +23,11 @@ from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import Method, add_metadata, train
-from fashionsd_x.train.result import TrainResult
+from fashionsd_x.train.core import train
 from fashionsd_x.train.data import dataset_sketch, derive_seed, image_tensor
 from fashionsd_x.train.lora import fuse_into_base
+from fashionsd_x.train.method import Method, add_metadata
+from fashionsd_x.train.result import TrainResult
 
 CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetModel.save_pretrained writes
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default sketch-embedding widths (3 stride-2 convs: 8x down)

@@ -1,4 +1,5 @@
-"""What LoRA and ControlNet training share: the loop, the denoising loss, checkpoints, resume, logging.
+"""What LoRA and ControlNet training share: the loop, the denoising loss, checkpoints, resume, logging (the
+run's set-up is in session.py, validation images in validation.py, the trainers' Method in method.py).
 
 A trainer is a `Method` (what is trainable, how the model predicts, how it is saved); everything else is
 here. Every random draw of a micro-batch (flip, caption dropout, VAE posterior sample, noise, timesteps) comes
@@ -13,47 +14,34 @@ import contextlib
 import json
 import math
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, DiffusionPipeline
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params, compute_snr
-from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
 
-from fashionsd_x.files import atomic_path, save_safetensors, write_text
-from fashionsd_x.models.base import Base, load_base
-from fashionsd_x.train.cache import build_cache, cache_folder
+from fashionsd_x.files import write_text
 from fashionsd_x.train.card import write_card
+from fashionsd_x.train.checkpoints import complete_checkpoints, load_checkpoint, save_checkpoint
+from fashionsd_x.train.config import ConfigError, TrainConfig
+from fashionsd_x.train.data import REQUIRED_COLUMNS, derive_seed, open_dataset
+from fashionsd_x.train.method import Method
 from fashionsd_x.train.result import RESULT_NAME, TrainResult
-from fashionsd_x.train.checkpoints import (CheckpointError, complete_checkpoints, find_checkpoint, load_checkpoint,
-                                           read_state, save_checkpoint)
-from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
-from fashionsd_x.train.data import (REQUIRED_COLUMNS, EpochSampler, TrainItems, collate, derive_seed, open_dataset,
-                                    tokenize, validation_samples)
+from fashionsd_x.train.session import Session, checkpoint_to_resume, hardware, open_session, run_hparams
+from fashionsd_x.train.validation import validate
 
 CONFIG_NAME = "train_config.yaml"
 CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # the resolved config (YAML) inside every weights file
 AUGMENT_STREAM = 0xA06  # seeds the per-sample augmentation apart from the step's other draws
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class NonFiniteLossError(ValueError):
@@ -62,111 +50,6 @@ class NonFiniteLossError(ValueError):
 
 class LaunchError(ValueError):
     """The re-launched training processes failed; their own messages were printed above."""
-
-
-class Method(ABC):
-    """What differs between trainers: the trainable modules, the prediction, the pipeline and the artifact."""
-
-    stage: ClassVar[str]
-    columns: ClassVar[tuple[str, ...]] = ()  # dataset columns needed besides image and text
-
-    def __init__(self, base: Base, config: TrainConfig) -> None:
-        self.base, self.config = base, config
-        self.accelerator: Accelerator | None = None
-        self.prepared: list[torch.nn.Module] = []
-
-    @abstractmethod
-    def trainable(self) -> list[torch.nn.Module]:
-        """Modules holding the trainable parameters, in a fixed order (prepared, optimised, checkpointed)."""
-
-    @abstractmethod
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model output for noisy latents (what the loss compares with noise or velocity)."""
-
-    @abstractmethod
-    def pipeline(self) -> DiffusionPipeline:
-        """An inference pipeline over the models being trained, for validation images."""
-
-    @abstractmethod
-    def save(self, out: Path, metadata: dict[str, str]) -> None:
-        """Write the final artifact into `out` (main process only), `metadata` in its safetensors header."""
-
-    @abstractmethod
-    def weights(self, out: Path) -> Path:
-        """Where `save` puts the artifact to load (a file or a folder)."""
-
-    def validation_inputs(self, sketch: Image.Image | None) -> dict[str, Any]:
-        return {}
-
-    def item_options(self) -> dict[str, Any]:
-        """Extra TrainItems options of this method (ControlNet: how sketches are conditioned)."""
-        return {}
-
-    def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
-        """Complete a micro-batch in place before the loss, drawing only from SEED (ControlNet: augmentation)."""
-
-    def enable_gradient_checkpointing(self) -> None:
-        for module in self.trainable():
-            enable_checkpointing(module)
-
-    def cache_identity(self) -> dict[str, Any]:
-        """What besides the base's files changes the frozen encoders (a fused LoRA); part of the cache key."""
-        return {}
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.base.text_encoder
-
-    @property
-    def trains_text_encoder(self) -> bool:
-        return False
-
-    def bind(self, accelerator: Accelerator, prepared: list[torch.nn.Module]) -> None:
-        self.accelerator, self.prepared = accelerator, prepared
-
-    def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(module) if self.accelerator else module
-
-
-class UNetMethod(Method):
-    """A trainer whose trainable modules are the UNet and, when `trains_text_encoder`, the text encoder (LoRA,
-    full base training): the UNet alone predicts, and the base's own pipeline shows the trained weights."""
-
-    def trainable(self) -> list[torch.nn.Module]:
-        return [self.base.unet] + ([self.base.text_encoder] if self.trains_text_encoder else [])
-
-    @property
-    def text_encoder(self) -> torch.nn.Module:
-        return self.prepared[1] if self.trains_text_encoder else self.base.text_encoder
-
-    def predict(self, noisy, timesteps, text, batch):
-        return self.prepared[0](noisy, timesteps, encoder_hidden_states=text).sample
-
-    def pipeline(self) -> DiffusionPipeline:
-        return self.base.pipeline()  # prepared modules wrap the base's own (DDP, adapters inside), so it sees them
-
-
-@dataclass
-class Session:
-    """Everything one training invocation holds (no globals)."""
-
-    config: TrainConfig
-    out: Path
-    accelerator: Accelerator
-    base: Base
-    method: Method
-    weight_dtype: torch.dtype
-    loader: Any
-    optimizer: Any
-    lr_scheduler: Any
-    empty_caption: torch.Tensor  # token ids (uncached) or the cached embedding of ""
-    validation: list[tuple[str, Image.Image | None]]
-    seconds_before: float = 0.0  # training time of earlier invocations (resume)
-    started: float = field(default_factory=time.monotonic)
-
-    def seconds(self) -> float:
-        return self.seconds_before + time.monotonic() - self.started
 
 
 def train(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None,
@@ -184,7 +67,7 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
     """Train, checkpoint, validate and save; every check that can fail runs before the first step."""
     # 1. Data, settings and the checkpoint to resume from (verified): checked before any model loads.
     data = open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)
-    checkpoint = _checkpoint_to_resume(out, resume, config)
+    checkpoint = checkpoint_to_resume(out, resume, config)
     # 2-5. Base, trainable parameters, samples, optimizer and schedule (open_session).
     with open_session(method_class, config, out, data) as session:
         accelerator, method = session.accelerator, session.method
@@ -197,7 +80,7 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
             accelerator.print(f"resumed from {checkpoint} at step {start_step}")
         # 7. Train.
         if accelerator.is_main_process:
-            accelerator.init_trackers(f"fsdx-{method.stage}", config=_hparams(config))
+            accelerator.init_trackers(f"fsdx-{method.stage}", config=run_hparams(config))
         final_loss = train_loop(session, start_step, total_steps)
         # 8. Final validation, then the artifact and its description, written by the main process (the
         # artifact atomically, refused if any weight is not finite; see fashionsd_x.files.export_folder).
@@ -210,109 +93,6 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
             method.save(out, {CONFIG_METADATA_KEY: config.to_yaml()})
             write_outputs(session, result, data)
     return result
-
-
-@contextlib.contextmanager
-def open_session(method_class: type[Method], config: TrainConfig, out: Path, data: Any) -> Iterator[Session]:
-    """Steps 2-5 of a run: everything its first step needs, prepared by accelerate (no checkpoint loaded)."""
-    with accelerated(config, out) as (accelerator, weight_dtype):
-        # 2. The base, checked against the settings.
-        base = load_base(config.base, prediction_type=config.prediction_type)
-        base.check_resolution(config.resolution)
-        if base.prediction_type not in PREDICTION_TYPES:
-            raise ConfigError(f"base {base.source} predicts {base.prediction_type!r}, which FashionSD-X does not "
-                              "train; set prediction_type to epsilon or v_prediction")
-        # 3. Trainable parameters (seeded, so initialisation repeats), frozen models in the weight dtype.
-        for module in (base.vae, base.text_encoder, base.unet):
-            module.requires_grad_(False)
-        set_seed(config.seed)
-        method = method_class(base, config)
-        place_models(base, method, accelerator.device, weight_dtype)
-        if config.gradient_checkpointing:
-            method.enable_gradient_checkpointing()
-        # 4. Samples: read from the latent cache (built once) or decoded each time.
-        cache = None
-        if config.cache_latents:
-            root = Path(config.cache_dir) if config.cache_dir else out / "cache"
-            folder = cache_folder(root, data["train"], base, config.resolution, config.random_flip, weight_dtype,
-                                  method.cache_identity())
-            cache = build_cache(folder, data["train"], base, config.resolution, config.random_flip,
-                                config.batch_size, accelerator)
-        # A text encoder being trained cannot use cached caption embeddings: it gets token ids instead.
-        cached_text = cache is not None and not method.trains_text_encoder
-        items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,
-                           invert_sketch=getattr(config, "invert_sketch", False), cache=cache,
-                           cached_text=cached_text, **method.item_options())
-        loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, drop_last=False,
-                                             sampler=EpochSampler(len(items), config.seed),
-                                             num_workers=config.dataloader_workers, collate_fn=collate)
-        # 5. Optimizer and LR schedule over the trainable parameters; accelerate wraps models, optimizer, loader.
-        optimizer = make_optimizer(config, method.trainable())
-        *models, optimizer, loader = accelerator.prepare(*method.trainable(), optimizer, loader)
-        method.bind(accelerator, models)
-        total_steps = config.total_steps(len(loader))
-        # Not prepared: accelerate would step it once per process; one step per optimizer step is the schedule.
-        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                     num_training_steps=total_steps)
-        empty = cache.empty_text() if cached_text else tokenize(base.tokenizer, [""])[0]
-        samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
-                                     with_sketch="sketch" in method.columns)
-        yield Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,
-                      empty.to(accelerator.device), samples)
-
-
-@contextlib.contextmanager
-def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, torch.dtype]]:
-    """The one place device and precision are decided: accelerate's device, and the frozen models' dtype."""
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision fp16 needs a CUDA GPU (CPU autocast has no float16); use bf16 or no")
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
-    try:
-        yield accelerator, WEIGHT_DTYPES[accelerator.mixed_precision]
-    finally:
-        accelerator.end_training()
-        # accelerate keeps the precision in a process-wide singleton that refuses another value later; clearing
-        # it lets one Python process (a notebook, the studio) train again with other settings, after a failure
-        # too. The process group (PartialState) stays, so a launched multi-process run is unaffected.
-        AcceleratorState._reset_state()
-
-
-def enable_checkpointing(module: torch.nn.Module) -> None:
-    """Gradient (activation) checkpointing on a diffusers model or a transformers text encoder."""
-    if isinstance(module, PreTrainedModel):
-        # transformers 5 renamed it (the old name warns); 4.x has only the old one.
-        getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
-    else:
-        module.enable_gradient_checkpointing()
-
-
-def place_models(base: Base, method: Method, device: torch.device, weight_dtype: torch.dtype) -> None:
-    """Frozen components on the device in the weight dtype; trainable parameters in float32 (an fp16/bf16
-    parameter would lose small updates to rounding)."""
-    for module in (base.vae, base.text_encoder, base.unet):
-        # Cast only when needed: diffusers warns on every dtype-changing to(), even a no-op one.
-        module.to(device) if module.dtype == weight_dtype else module.to(device, weight_dtype)
-    for module in method.trainable():
-        module.to(device)
-        module.train()
-        cast_training_params(module, torch.float32)
-
-
-def make_optimizer(config: TrainConfig, modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
-    parameters = [parameter for module in modules for parameter in module.parameters() if parameter.requires_grad]
-    if config.use_8bit_adam:
-        try:
-            import bitsandbytes
-        except ImportError:
-            raise ConfigError("use_8bit_adam needs bitsandbytes, which is not installed (pip install bitsandbytes; "
-                              "CUDA only); or turn use_8bit_adam off") from None
-        optimizer_class = bitsandbytes.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    return optimizer_class(parameters, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                           weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
 
 
 def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
@@ -487,52 +267,11 @@ def checkpoint(s: Session, step: int) -> Path:
                            s.method.prepared, s.optimizer, s.lr_scheduler)
 
 
-def validate(s: Session, step: int) -> list[Path]:
-    """Images for the validation prompts (and sketches) with a fixed seed, to OUT/validation/step_XXXXX/."""
-    paths: list[Path] = []
-    if s.validation and s.accelerator.is_main_process:
-        folder = s.out / "validation" / f"step_{step:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = s.method.pipeline()
-        pipeline.set_progress_bar_config(disable=True)
-        generator = torch.Generator().manual_seed(s.config.seed)
-        images = []
-        with s.accelerator.autocast():
-            for prompt, sketch in s.validation:
-                images.append(pipeline(prompt, num_inference_steps=s.config.validation_steps, generator=generator,
-                                       height=s.config.resolution, width=s.config.resolution,
-                                       **s.method.validation_inputs(sketch)).images[0])
-        for number, image in enumerate(images):
-            paths.append(folder / f"{number:02d}.png")
-            with atomic_path(paths[-1]) as temporary:
-                image.save(temporary, format="PNG")
-        write_text(folder / "prompts.txt", "".join(f"{prompt}\n" for prompt, _ in s.validation))
-        writer = s.accelerator.get_tracker("tensorboard", unwrap=True)
-        writer.add_images("validation", np.stack([np.asarray(image) for image in images]), step, dataformats="NHWC")
-    s.accelerator.wait_for_everyone()
-    return paths
-
-
 def write_outputs(s: Session, result: TrainResult, data: Any) -> None:
     """train_config.yaml, train_result.json and the model card README.md beside the weights."""
     write_text(s.out / CONFIG_NAME, s.config.to_yaml())
     write_text(s.out / RESULT_NAME, json.dumps(result.to_dict(), indent=2) + "\n")
     write_card(s.out, s.config, result, result.hardware, data, s.base.family, s.validation)
-
-
-def hardware(accelerator: Accelerator) -> str:
-    if accelerator.device.type == "cuda":
-        name = torch.cuda.get_device_name(accelerator.device)
-    else:
-        name = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    return f"{accelerator.num_processes} x {name}, mixed precision {accelerator.mixed_precision}"
-
-
-def add_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Rewrite a safetensors file (atomically) with `metadata` added to its header (existing keys kept)."""
-    with safe_open(str(path), framework="pt") as handle:
-        existing = handle.metadata() or {}
-    save_safetensors(load_file(str(path)), path, metadata={**existing, **metadata})
 
 
 def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: int) -> TrainResult:
@@ -557,29 +296,6 @@ def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: 
         raise LaunchError(f"the {num_processes} training processes failed (exit code {completed.returncode}); "
                           "their messages are above")
     return TrainResult.read(out)
-
-
-def _checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> Path | None:
-    root = out / "checkpoints"
-    if resume is None:
-        if complete_checkpoints(root):
-            raise CheckpointError(f"{root} holds checkpoints of an earlier run; pass resume latest to continue it "
-                                  "or choose another output folder")
-        return None
-    checkpoint = find_checkpoint(root, resume)
-    if checkpoint is None:
-        print(f"no intact checkpoint in {root}: starting a new run", file=sys.stderr)
-        return None
-    state = read_state(checkpoint)
-    if state["stage"] != config.stage:
-        raise CheckpointError(f"checkpoint {checkpoint} is from `fsdx train {state['stage']}`, not {config.stage}")
-    old, new = state["config"], config.to_dict()
-    changed = [name for name in new if name not in RUN_FIELDS and old.get(name) != new[name]]
-    if changed:
-        detail = ", ".join(f"{name} {old.get(name)!r} -> {new[name]!r}" for name in changed)
-        raise CheckpointError(f"checkpoint {checkpoint} was made with other settings ({detail}); only "
-                              f"{', '.join(RUN_FIELDS)} may change when resuming")
-    return checkpoint
 
 
 def _no_sync(accelerator: Accelerator, models: list[torch.nn.Module], skip: bool) -> contextlib.ExitStack:
@@ -607,12 +323,6 @@ def _stop_message(what: str, value: float, step: int, out: Path) -> str:
 
 def _flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     return torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
-
-
-def _hparams(config: TrainConfig) -> dict[str, Any]:
-    # TensorBoard's hparams take only scalars and strings.
-    return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for name, value in config.to_dict().items()}
 
 
 def _free_port() -> int:

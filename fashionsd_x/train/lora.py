@@ -22,7 +22,8 @@ from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.models.export import kohya_state_dict
 from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import UNetMethod, add_metadata, train
+from fashionsd_x.train.core import train
+from fashionsd_x.train.method import UNetMethod, add_metadata
 from fashionsd_x.train.result import TrainResult
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight_name for load_lora_weights

@@ -15,7 +15,8 @@ from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base
 from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import UNetMethod, add_metadata, train
+from fashionsd_x.train.core import train
+from fashionsd_x.train.method import UNetMethod, add_metadata
 from fashionsd_x.train.result import TrainResult
 
 

@@ -26,8 +26,14 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
 from fashionsd_x.files import export_folder, write_text
-from fashionsd_x.train.checkpoints import (STATE_NAME, CheckpointError, find_checkpoint, load_optimizer, save_optimizer,
-                                           write_checkpoint)
+from fashionsd_x.train.checkpoints import (
+    STATE_NAME,
+    CheckpointError,
+    find_checkpoint,
+    load_optimizer,
+    save_optimizer,
+    write_checkpoint,
+)
 from fashionsd_x.train.data import derive_seed, image_tensor, open_dataset
 
 __all__ = ["VaeTrainConfig", "build_vae", "pretrain_vae", "reconstruction_loss", "train_vae"]

@@ -17,8 +17,14 @@ import torch
 from safetensors.torch import load_file
 
 from fashionsd_x.cli import main
-from fashionsd_x.train.checkpoints import (LEGACY_MARKER, MANIFEST, MARKER, CheckpointError, complete_checkpoints,
-                                           find_checkpoint)
+from fashionsd_x.train.checkpoints import (
+    LEGACY_MARKER,
+    MANIFEST,
+    MARKER,
+    CheckpointError,
+    complete_checkpoints,
+    find_checkpoint,
+)
 from fashionsd_x.train.core import NonFiniteLossError
 from fashionsd_x.train.lora import LORA_WEIGHTS, train_lora
 

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fashionsd_x.train.config import (ConfigError, ControlNetTrainConfig, LoraTrainConfig, TrainConfig, read_yaml,
-                                      resolve_config)
+from fashionsd_x.train.config import (
+    ConfigError,
+    ControlNetTrainConfig,
+    LoraTrainConfig,
+    TrainConfig,
+    read_yaml,
+    resolve_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Singh and Patras (arXiv 2404.18591): LoRA lr 1e-4, rank 4 on the UNet attention projections, 512 px;

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from fashionsd_x.train.config import LoraTrainConfig, resolve_config
-from fashionsd_x.train.core import Session, accumulate, draw, micro_batch_loss, micro_batches, open_session
+from fashionsd_x.train.core import accumulate, draw, micro_batch_loss, micro_batches
 from fashionsd_x.train.data import REQUIRED_COLUMNS, EpochSampler, open_dataset
 from fashionsd_x.train.lora import LORA_WEIGHTS, LoraMethod, train_lora
+from fashionsd_x.train.session import Session, open_session
 from tests.train.conftest import FAST, RUN
 
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from fashionsd_x.files import NonFiniteWeightsError, atomic_path, export_folder, write_text
 from fashionsd_x.train.checkpoints import write_manifest
 from fashionsd_x.train.lora import KOHYA_WEIGHTS, LORA_WEIGHTS, train_lora
+
 FAST = {"num_validation_images": "0"}
 
 RUN = dict(max_steps=2, batch_size=2, lr=1e-3, resolution=32, seed=4, checkpoint_every=2)

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from fashionsd_x.data.build import build_dataset
 from fashionsd_x.data.synth import synthesize
-from fashionsd_x.train.vae import VaeTrainConfig, build_vae, pretrain_vae, reconstruction_loss, train_vae
 from fashionsd_x.train.checkpoints import MARKER, CheckpointError
 from fashionsd_x.train.data import image_tensor, open_dataset
+from fashionsd_x.train.vae import VaeTrainConfig, build_vae, pretrain_vae, reconstruction_loss, train_vae
 
 # 32 px, two blocks of 8 and 16 channels (2x downsampling): a few ms per step on one thread.
 TINY = VaeTrainConfig(resolution=32, block_out_channels=(8, 16), batch_size=4, lr=2e-3, max_steps=40,

@@ -1,0 +1,183 @@
+"""Setting up a training run: the accelerator, the base and method placed and cast, the optimizer, data and
+resume point, held in one Session for the loop (core.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from PIL import Image
+
+from fashionsd_x.models.base import Base, load_base
+from fashionsd_x.train.cache import build_cache, cache_folder
+from fashionsd_x.train.checkpoints import CheckpointError, complete_checkpoints, find_checkpoint, read_state
+from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
+from fashionsd_x.train.data import EpochSampler, TrainItems, collate, tokenize, validation_samples
+from fashionsd_x.train.method import Method
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Session:
+    """Everything one training invocation holds (no globals)."""
+
+    config: TrainConfig
+    out: Path
+    accelerator: Accelerator
+    base: Base
+    method: Method
+    weight_dtype: torch.dtype
+    loader: Any
+    optimizer: Any
+    lr_scheduler: Any
+    empty_caption: torch.Tensor  # token ids (uncached) or the cached embedding of ""
+    validation: list[tuple[str, Image.Image | None]]
+    seconds_before: float = 0.0  # training time of earlier invocations (resume)
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+
+@contextlib.contextmanager
+def open_session(method_class: type[Method], config: TrainConfig, out: Path, data: Any) -> Iterator[Session]:
+    """Steps 2-5 of a run: everything its first step needs, prepared by accelerate (no checkpoint loaded)."""
+    with accelerated(config, out) as (accelerator, weight_dtype):
+        # 2. The base, checked against the settings.
+        base = load_base(config.base, prediction_type=config.prediction_type)
+        base.check_resolution(config.resolution)
+        if base.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"base {base.source} predicts {base.prediction_type!r}, which FashionSD-X does not "
+                              "train; set prediction_type to epsilon or v_prediction")
+        # 3. Trainable parameters (seeded, so initialisation repeats), frozen models in the weight dtype.
+        for module in (base.vae, base.text_encoder, base.unet):
+            module.requires_grad_(False)
+        set_seed(config.seed)
+        method = method_class(base, config)
+        place_models(base, method, accelerator.device, weight_dtype)
+        if config.gradient_checkpointing:
+            method.enable_gradient_checkpointing()
+        # 4. Samples: read from the latent cache (built once) or decoded each time.
+        cache = None
+        if config.cache_latents:
+            root = Path(config.cache_dir) if config.cache_dir else out / "cache"
+            folder = cache_folder(root, data["train"], base, config.resolution, config.random_flip, weight_dtype,
+                                  method.cache_identity())
+            cache = build_cache(folder, data["train"], base, config.resolution, config.random_flip,
+                                config.batch_size, accelerator)
+        # A text encoder being trained cannot use cached caption embeddings: it gets token ids instead.
+        cached_text = cache is not None and not method.trains_text_encoder
+        items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,
+                           invert_sketch=getattr(config, "invert_sketch", False), cache=cache,
+                           cached_text=cached_text, **method.item_options())
+        loader = torch.utils.data.DataLoader(items, batch_size=config.batch_size, drop_last=False,
+                                             sampler=EpochSampler(len(items), config.seed),
+                                             num_workers=config.dataloader_workers, collate_fn=collate)
+        # 5. Optimizer and LR schedule over the trainable parameters; accelerate wraps models, optimizer, loader.
+        optimizer = make_optimizer(config, method.trainable())
+        *models, optimizer, loader = accelerator.prepare(*method.trainable(), optimizer, loader)
+        method.bind(accelerator, models)
+        total_steps = config.total_steps(len(loader))
+        # Not prepared: accelerate would step it once per process; one step per optimizer step is the schedule.
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                     num_training_steps=total_steps)
+        empty = cache.empty_text() if cached_text else tokenize(base.tokenizer, [""])[0]
+        samples = validation_samples(data, config.validation_prompts, config.num_validation_images,
+                                     with_sketch="sketch" in method.columns)
+        yield Session(config, out, accelerator, base, method, weight_dtype, loader, optimizer, lr_scheduler,
+                      empty.to(accelerator.device), samples)
+
+
+@contextlib.contextmanager
+def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, torch.dtype]]:
+    """The one place device and precision are decided: accelerate's device, and the frozen models' dtype."""
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision fp16 needs a CUDA GPU (CPU autocast has no float16); use bf16 or no")
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    try:
+        yield accelerator, WEIGHT_DTYPES[accelerator.mixed_precision]
+    finally:
+        accelerator.end_training()
+        # accelerate keeps the precision in a process-wide singleton that refuses another value later; clearing
+        # it lets one Python process (a notebook, the studio) train again with other settings, after a failure
+        # too. The process group (PartialState) stays, so a launched multi-process run is unaffected.
+        AcceleratorState._reset_state()
+
+
+def place_models(base: Base, method: Method, device: torch.device, weight_dtype: torch.dtype) -> None:
+    """Frozen components on the device in the weight dtype; trainable parameters in float32 (an fp16/bf16
+    parameter would lose small updates to rounding)."""
+    for module in (base.vae, base.text_encoder, base.unet):
+        # Cast only when needed: diffusers warns on every dtype-changing to(), even a no-op one.
+        module.to(device) if module.dtype == weight_dtype else module.to(device, weight_dtype)
+    for module in method.trainable():
+        module.to(device)
+        module.train()
+        cast_training_params(module, torch.float32)
+
+
+def make_optimizer(config: TrainConfig, modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
+    parameters = [parameter for module in modules for parameter in module.parameters() if parameter.requires_grad]
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ConfigError("use_8bit_adam needs bitsandbytes, which is not installed (pip install bitsandbytes; "
+                              "CUDA only); or turn use_8bit_adam off") from None
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    return optimizer_class(parameters, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                           weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+
+
+def hardware(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    return f"{accelerator.num_processes} x {name}, mixed precision {accelerator.mixed_precision}"
+
+
+def checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> Path | None:
+    root = out / "checkpoints"
+    if resume is None:
+        if complete_checkpoints(root):
+            raise CheckpointError(f"{root} holds checkpoints of an earlier run; pass resume latest to continue it "
+                                  "or choose another output folder")
+        return None
+    checkpoint = find_checkpoint(root, resume)
+    if checkpoint is None:
+        print(f"no intact checkpoint in {root}: starting a new run", file=sys.stderr)
+        return None
+    state = read_state(checkpoint)
+    if state["stage"] != config.stage:
+        raise CheckpointError(f"checkpoint {checkpoint} is from `fsdx train {state['stage']}`, not {config.stage}")
+    old, new = state["config"], config.to_dict()
+    changed = [name for name in new if name not in RUN_FIELDS and old.get(name) != new[name]]
+    if changed:
+        detail = ", ".join(f"{name} {old.get(name)!r} -> {new[name]!r}" for name in changed)
+        raise CheckpointError(f"checkpoint {checkpoint} was made with other settings ({detail}); only "
+                              f"{', '.join(RUN_FIELDS)} may change when resuming")
+    return checkpoint
+
+
+def run_hparams(config: TrainConfig) -> dict[str, Any]:
+    # TensorBoard's hparams take only scalars and strings.
+    return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for name, value in config.to_dict().items()}
