@@ -3,8 +3,8 @@
 Options are made from the stage function's signature (name -> --kebab-case, type, default) and its help
 from the docstring's Args section, so the CLI and the Python API cannot drift apart. Expected failures
 (bad layout, bad input, bad settings) print one line and exit with code 2 (FSDX_DEBUG=1 shows the
-traceback instead); nothing here does real work. Numbers are checked as they are parsed: a float option
-must be finite, an int option within int64 (a stage checks its own ranges).
+traceback instead); nothing here does real work. A float option must be finite, an int option within
+int64, and the generation settings within their ranges, all before the stage starts.
 """
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ COMMANDS = (
     Command("train base", "fashionsd_x.train.pretrain:train_base",
             "train a base's UNet and text encoder in full (from scratch or a full fine-tune)", (),
             "fashionsd_x.cli_show:train"),
-    Command("train tiny", "fashionsd_x.models.recipe:train_tiny",
+    Command("train tiny", "fashionsd_x.recipes.tiny:train_tiny",
             "train the embedded tiny model from nothing (resumable; --ship installs it)", (),
             "fashionsd_x.cli_show:train_tiny"),
     Command("generate", "fashionsd_x.generate:generate", "generate garments from a prompt and a sketch", (),
-            "fashionsd_x.cli_show:generate"),
+            "fashionsd_x.cli_show:generate", "fashionsd_x.cli:check_generation_settings"),
     Command("evaluate", "fashionsd_x.evaluate.protocol:evaluate",
             "evaluate vanilla SD, LoRA and LoRA + ControlNet with the paper's metrics", (),
             "fashionsd_x.cli_show:evaluate", "fashionsd_x.cli:check_generation_settings"),
@@ -79,7 +79,10 @@ COMMANDS = (
     Command("study analyze", "fashionsd_x.apps.study.analyze:analyze_study",
             "win rates, confidence intervals, tests and agreement of a user study", ("db",),
             "fashionsd_x.apps.study.analyze:show"),
-    Command("demo", "fashionsd_x.demo:run_demo", "run the main job on the embedded default", (),
+    Command("export", "fashionsd_x.models.export:export_model",
+            "write a base, LoRA or ControlNet as the single file A1111, ComfyUI and kohya load", (),
+            "fashionsd_x.cli_show:export"),
+    Command("demo", "fashionsd_x.recipes.demo:run_demo", "run the main job on the embedded default", (),
             "fashionsd_x.cli_show:demo", "fashionsd_x.cli:check_generation_settings"),
 )
 
@@ -122,27 +125,35 @@ def finite_float(text: str) -> float:
     return value
 
 
-def int64(text: str) -> int:
-    """An int option's value, within int64."""
+def whole_number(text: str) -> int:
+    """An int option's value (its range is checked once parsing is done, see `_check_int64`)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not INT64[0] <= value <= INT64[1]:
-        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
-        raise argparse.ArgumentTypeError(f"expected a whole number from -2^63 to 2^63-1, got {shown}")
-    return value
+        return int(text)
+    except ValueError:  # also a string of more digits than Python converts
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown!r}") from None
 
 
-NUMBER_TYPES = {float: finite_float, int: int64}  # how an option of a stage parameter's type is parsed
+NUMBER_TYPES = {float: finite_float, int: whole_number}  # how an option of a stage parameter's type is parsed
+
+
+def _check_int64(kwargs: dict[str, Any]) -> None:
+    """Every int option within int64, after the stage's own check has had its say (it names the finer range)."""
+    for name, value in kwargs.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]:
+                shown = str(item) if abs(item) < 10**40 else f"a number of {len(str(abs(item)))} digits"
+                raise CommandError(f"{_flag(name)} must be a whole number from -2^63 to 2^63-1, got {shown}")
 
 
 def check_generation_settings(**kwargs: Any) -> None:
-    """Refuse the generation numbers of a stage that passes them on as given (evaluate, demo) before it opens a
-    dataset or loads a model: the ranges of `fashionsd_x.generate.check_settings`, and --limit >= 1."""
+    """Refuse the generation numbers of a stage before it opens a dataset or loads a model (generate checks them
+    again, for Python callers; evaluate and demo pass them on): the ranges of
+    `fashionsd_x.generate.check_settings`, and --limit >= 1."""
     from fashionsd_x.generate import SETTINGS_RANGES, check_settings
 
-    check_settings(**{name: value for name, value in kwargs.items() if name in SETTINGS_RANGES})
+    given = {("num_images" if name == "n" else name): value for name, value in kwargs.items()}  # generate's --n
+    check_settings(**{name: value for name, value in given.items() if name in SETTINGS_RANGES})
     if kwargs.get("limit") is not None and kwargs["limit"] < 1:
         raise CommandError(f"--limit must be at least 1, got {kwargs['limit']}")
 
@@ -292,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command.check:
             _resolve(command.check)(**kwargs)
+        _check_int64(kwargs)
         result = command.function()(**kwargs)
         return int(_resolve(command.show)(result) or 0) if command.show else 0
     except KeyboardInterrupt:

@@ -256,8 +256,8 @@ class GarmentGenerator:
         if sketch is not None and photo is not None:
             raise GenerationError("give a sketch or a photo, not both")
         checked = check_settings(num_images=num_images, steps=steps, guidance_scale=guidance_scale,
-                                  controlnet_scale=controlnet_scale, lora_scale=lora_scale, seed=seed,
-                                  resolution=resolution)
+                                 controlnet_scale=controlnet_scale, lora_scale=lora_scale, seed=seed,
+                                 resolution=resolution)
         num_images, steps, seed = checked["num_images"], checked["steps"], checked["seed"]
         guidance_scale, controlnet_scale = checked["guidance_scale"], checked["controlnet_scale"]
         lora_scale = checked.get("lora_scale")

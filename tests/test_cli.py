@@ -97,3 +97,54 @@ def test_strict_exits_non_zero_when_items_were_skipped(dresscode_root, tmp_path)
 def test_bad_option_value_is_one_line(synth_root, tmp_path):
     result = fsdx("data", "build", "--source", "folder", "--root", synth_root, "--out", tmp_path / "o", "--block-size", "4")
     _assert_one_line_error(result, "block_size")
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """`fsdx ARGS` in this process (no start-up cost): exit code and stderr."""
+    from fashionsd_x.cli import main
+
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as stop:  # argparse's way out
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def test_nan_guidance_is_one_line_exit_2_and_creates_nothing(tmp_path):
+    result = fsdx("generate", "--prompt", "a dress", "--guidance-scale", "nan", "--out", tmp_path / "out")
+    _assert_one_line_error(result, "--guidance-scale", "finite", "'nan'")
+    assert not (tmp_path / "out").exists()
+
+
+BAD_NUMBERS = [  # (arguments, what the one line says); {file} is an existing file, {tmp} the test's folder
+    (["generate", "--guidance-scale", "inf"], ["--guidance-scale", "finite"]),
+    (["generate", "--controlnet-scale", "1e999"], ["--controlnet-scale", "finite"]),
+    (["generate", "--lora-scale", "-nan"], ["--lora-scale"]),
+    (["generate", "--steps", "abc"], ["--steps", "whole number"]),
+    (["generate", "--steps", "0"], ["steps must be a whole number from 1 to 1000"]),
+    (["generate", "--seed", str(2**64)], ["seed must be a whole number from 0 to 9223372036854775807"]),
+    (["generate", "--seed", "9" * 5000], ["--seed", "5000 characters"]),
+    (["generate", "--n", "0"], ["num_images"]),
+    (["generate", "--resolution", str(10**9)], ["resolution"]),
+    (["generate", "--out", "{file}"], ["--out", "choose a folder"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--limit", "0"], ["--limit must be at least 1"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--guidance-scale", "1000"], ["guidance_scale", "0 to 100"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--seed", "-3"], ["seed must be"]),
+    (["demo", "--steps", str(2**63)], ["steps must be"]),
+    (["data", "synth", "--out", "{tmp}/s", "--num", str(2**64)], ["--num must be a whole number from -2^63 to 2^63-1"]),
+    (["data", "build", "--source", "folder", "--root", "x", "--out", "{tmp}/d", "--resolution", "nan"],
+     ["--resolution"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", BAD_NUMBERS, ids=[" ".join(args)[:50] for args, _ in BAD_NUMBERS])
+def test_bad_numbers_are_one_line_before_any_work(capsys, tmp_path, args, fragments):
+    (tmp_path / "file").write_text("taken")
+    args = [arg.format(file=tmp_path / "file", tmp=tmp_path) for arg in args]
+    if args[0] == "generate":  # a base that cannot load: the refusal must come first
+        args += ["--prompt", "a dress", "--model", str(tmp_path / "no-base")]
+    code, err = run_main(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"fsdx {args[0]}") and all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]

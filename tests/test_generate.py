@@ -183,3 +183,129 @@ def test_batch_generation_splits_across_two_processes(models, tmp_path):
     assert sorted(row["file"] for row in log) == ["0000_0.png", "0001_1.png", "0002_2.png", "0003_3.png"]
     assert result.stdout.count("wrote 4 image(s)") == 1
     assert not list((tmp_path / "out").glob(".*.jsonl"))
+
+
+def strict_json(line: str) -> dict:
+    """json.loads refusing NaN and Infinity, which json.dumps writes by default and no other reader accepts."""
+    def refuse(token: str):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+BAD_NUMBERS = [  # (keyword, value, what the message says)
+    ("guidance_scale", float("nan"), "guidance_scale must be a finite number"),
+    ("guidance_scale", float("inf"), "guidance_scale must be a finite number"),
+    ("guidance_scale", 1e30, "from 0 to 100"),
+    ("controlnet_scale", float("-inf"), "controlnet_scale"),
+    ("lora_scale", float("nan"), "lora_scale"),
+    ("steps", 0, "steps must be a whole number from 1 to 1000"),
+    ("steps", 2.5, "steps"),
+    ("steps", True, "steps"),
+    ("steps", "3", "steps"),
+    ("seed", -1, "seed must be a whole number from 0 to 9223372036854775807"),
+    ("seed", 2**64, "seed must be a whole number from 0 to 9223372036854775807"),
+    ("seed", float("nan"), "seed"),
+    ("num_images", 0, "num_images"),
+    ("num_images", 10**6, "num_images"),
+    ("resolution", 10**9, "resolution"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", BAD_NUMBERS, ids=[f"{n}={v!r}" for n, v, _ in BAD_NUMBERS])
+def test_bad_numbers_are_refused_by_the_python_api(generator, name, value, message):
+    with pytest.raises(GenerationError, match=message.replace("(", r"\(")):
+        generator("a dress", **{name: value})
+
+
+def test_the_last_seed_must_fit_too(generator):
+    with pytest.raises(GenerationError, match="seed \\+ num_images - 1"):
+        generator("a dress", seed=2**63 - 2, num_images=3)
+    [last] = generator("a dress", seed=2**63 - 1, steps=1)  # the largest seed works
+    assert last.params.seed == 2**63 - 1
+
+
+def test_whole_floats_are_taken_as_ints(generator):
+    [result] = generator("a dress", steps=2.0, seed=7.0)
+    assert (result.params.steps, result.params.seed) == (2, 7) and isinstance(result.params.seed, int)
+
+
+def test_non_finite_pixels_are_an_error_not_a_black_image(models):
+    broken = GarmentGenerator.load(models["base"], device="cpu")  # its own copy of the weights
+    with torch.no_grad():
+        broken.base.vae.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(GenerationError, match="non-finite pixels"):
+        broken("a dress", steps=1)
+
+
+class _Trap:
+    """Unpickling this creates `marker`: proof that a file was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_named_safetensors_is_refused_unread(models, tmp_path):
+    marker = tmp_path / "unpickled"
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    torch.save({"trap": _Trap(marker)}, lora / "pytorch_lora_weights.safetensors")
+    controlnet = tmp_path / "controlnet"
+    __import__("shutil").copytree(models["controlnet"], controlnet)
+    torch.save({"trap": _Trap(marker)}, controlnet / "diffusion_pytorch_model.safetensors")
+    # Pointed at a base that does not exist: the weights must be refused before any base is loaded.
+    for options in ({"lora": lora}, {"controlnet": controlnet}):
+        with pytest.raises(GenerationError, match="is not a valid safetensors file .* never pickles"):
+            GarmentGenerator.load(tmp_path / "no-base", device="cpu", **options)
+    cut = tmp_path / "cut.safetensors"
+    data = (models["lora"] / "pytorch_lora_weights.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GenerationError, match="cut.safetensors is not a valid safetensors file"):
+        GarmentGenerator.load(models["base"], lora=cut, device="cpu")
+    assert not marker.exists()
+
+
+def test_refused_runs_create_nothing_and_load_no_model(models, tmp_path):
+    from fashionsd_x.generate import generate
+
+    out = tmp_path / "new" / "out"
+    nowhere = str(tmp_path / "no-base")  # loading it would fail: each refusal below must come first
+    refusals = [({"guidance_scale": float("nan")}, "guidance_scale"), ({"guidance_scale": float("inf")}, "finite"),
+                ({"seed": 2**64}, "from 0 to 9223372036854775807"), ({"n": 0}, "num_images"),
+                ({"steps": 10**30}, "steps"), ({"lora_scale": float("nan")}, "lora_scale"),
+                ({"sketch": tmp_path / "missing.png"}, "sketch not found"), ({"scheduler": "fast"}, "scheduler")]
+    for options, message in refusals:
+        with pytest.raises(GenerationError, match=message):
+            generate(model=nowhere, prompt="a dress", out=out, **options)
+    (tmp_path / "taken").write_text("a file")
+    for taken in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(GenerationError, match="choose a folder"):
+            generate(model=nowhere, prompt="a dress", out=taken)
+    # A bad sketch found only once the model is loaded still leaves no folder.
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(GenerationError, match="cannot use"):
+        generate(model=str(models["base"]), controlnet=models["controlnet"], prompt="a dress",
+                 sketch=tmp_path / "notes.png", steps=1, out=out)
+    assert not (tmp_path / "new").exists()
+
+
+def test_batch_lines_with_bad_numbers_are_skipped_and_the_log_is_json(models, tmp_path):
+    from fashionsd_x.generate import generate
+
+    lines = ['{"prompt": "a top", "seed": 3, "n": 1}', '{"prompt": "a top", "seed": NaN}',
+             '{"prompt": "a top", "n": 1e400}', '{"prompt": "a top", "seed": 18446744073709551616}',
+             '{"prompt": "a top", "n": 2.5}', '{"prompt": "a top", "seed": -1}', '{"prompt": "a top", "sketch": 5}',
+             '{"prompt": "a top", "seed": 9223372036854775807, "n": 2}', "[" * 100_000]
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    run = generate(model=str(models["base"]), batch=tmp_path / "batch.jsonl", steps=1, out=tmp_path / "out")
+    assert [file.name for file in run.files] == ["0000_3.png"]
+    reasons = {row["line"]: row["reason"] for row in map(strict_json, (tmp_path / "out" / "skipped.jsonl")
+                                                         .read_text().splitlines())}
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert "seed must be" in reasons[2] and "num_images" in reasons[3] and "9223372036854775807" in reasons[4]
+    assert "num_images" in reasons[5] and "seed must be" in reasons[6] and "sketch must be a path" in reasons[7]
+    assert "seed + num_images - 1" in reasons[8]
+    [row] = map(strict_json, (tmp_path / "out" / "generations.jsonl").read_text().splitlines())
+    assert (row["seed"], row["guidance_scale"]) == (3, 7.5)

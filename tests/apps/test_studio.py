@@ -174,7 +174,7 @@ def test_bad_uploads_and_settings_give_a_message_not_an_exception(generator, tmp
     _, message = extract(tmp_path / "box.png", "adaptive", 4, 2.0, 32)
     assert "block_size must be odd" in message
     for settings, reason in ((Settings(prompt="  ", num_images=1, steps=STEPS), "prompt is empty"),
-                             (Settings(prompt="a dress", num_images=100), "between 1 and 8"),
+                             (Settings(prompt="a dress", num_images=100), "from 1 to 8"),
                              (Settings(prompt="a dress", steps=10_000), "steps must be")):
         outcome = run_generation(generator, tmp_path / "out", settings, history=[])
         assert reason in outcome.message and outcome.files == [] and outcome.history == []
@@ -182,6 +182,26 @@ def test_bad_uploads_and_settings_give_a_message_not_an_exception(generator, tmp
     long = run_generation(generator, tmp_path / "out", Settings(prompt="a dress " + "very " * 100, num_images=1,
                                                                 steps=1))
     assert long.message == "" and len(long.files) == 1 and "truncated" in long.notes[0]
+
+
+def test_numbers_from_the_page_or_an_api_caller_are_checked_like_generate(generator, tmp_path):
+    nan, inf = float("nan"), float("inf")
+    page = ("a dress", "", 1.0, 2.0, 7.5, 1.0, 1.0, 5.0, "unipc")  # as Gradio sends them: numbers as floats
+    assert Settings.from_page(*page) == Settings(prompt="a dress", num_images=1, steps=2, seed=5)
+    for index, value, reason in ((4, nan, "guidance_scale must be a finite number"),
+                                 (4, inf, "guidance_scale must be a finite number"),
+                                 (5, -inf, "controlnet_scale"), (6, nan, "lora_scale"), (7, nan, "seed must be"),
+                                 (7, float(2**64), "seed must be"), (7, 2**64, "seed must be"), (3, 2.5, "steps"),
+                                 (3, "many", "steps"), (2, inf, "number of images")):
+        settings = Settings.from_page(*page[:index], value, *page[index + 1:])  # never raises
+        outcome = run_generation(generator, tmp_path / "out", settings)
+        assert reason in outcome.message and outcome.files == [] and "\n" not in outcome.message
+    assert not (tmp_path / "out").exists()
+    _sketch_file(tmp_path)
+    for block_size, offset, reason in ((nan, 2.0, "block_size"), (inf, 2.0, "block_size"), (11, nan, "offset"),
+                                       (11, inf, "offset")):
+        image, message = extract(tmp_path / "box.png", "adaptive", block_size, offset, 32)
+        assert image is None and reason in message
 
 
 def test_history_row_restores_settings_and_reproduces_the_images(generator, tmp_path, one_thread):

@@ -46,14 +46,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(study: Path) -> Iterator[str]:
-    """The real app on uvicorn in a thread of this process; yields its base URL."""
+def running(study: Path, **options: Any) -> Iterator[str]:
+    """The real app (create_app's `options`) on uvicorn in a thread of this process; yields its base URL."""
     import uvicorn
 
     from fashionsd_x.apps.study.server import create_app
 
     listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(study), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(study, **options), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -127,6 +127,99 @@ def test_every_bad_input_is_a_4xx_json_line(study: Path):
             assert fragment in reply["error"] and "\n" not in reply["error"] and "Traceback" not in reply["error"]
         assert call(base, "/api/session", raw=b"{not json")[0] == 422
         assert rows(study) == []
+
+
+def test_ids_beyond_sqlite_integers_are_a_422_not_a_500(study: Path):
+    with running(study) as base:
+        task = call(base, "/api/session", {"code": "ann"})[1]["task"]
+        good = {"code": "ann", "comparison": task["comparison"], "criterion": "realism", "choice": "left"}
+        for number in (2**63, 2**64, -2**63 - 1, 10**30):
+            status, reply = call(base, "/api/answers", {**good, "comparison": number})
+            assert status == 422 and "body.comparison" in reply["error"], reply
+            status, reply = call(base, f"/images/{number}")
+            assert status == 422 and "image_id" in reply["error"], reply
+        for number in (2**63 - 1, -2**63):  # the edges fit SQLite: a plain "not there"
+            assert call(base, "/api/answers", {**good, "comparison": number})[0] == 404
+            assert call(base, f"/images/{number}")[0] == 404
+    assert rows(study) == []
+
+
+def raw_request(base: str, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """Send a request's head (and `body`) over a socket and read the answer, whatever the head claims."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + b"\r\n\r\n" + body)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    head_part, _, payload = reply.partition(b"\r\n\r\n")
+    return int(head_part.split()[1]), json.loads(payload)
+
+
+def test_bodies_over_the_limit_get_413_unread(study: Path):
+    with running(study, max_body=1000) as base:
+        # A claimed 100 MB body: refused from its Content-Length, before a byte of it is sent.
+        head = ("POST /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100000000")
+        status, reply = raw_request(base, head)
+        assert status == 413 and "100000000 bytes, the limit is 1000" in reply["error"]
+        # Without a length (chunked): refused as soon as the body passes the limit.
+        chunk = b"x" * 600
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
+        status, reply = raw_request(base, head.replace("Content-Length: 100000000", "Transfer-Encoding: chunked"),
+                                    chunked)
+        assert status == 413 and "over the limit of 1000" in reply["error"]
+        # Within the limit, streamed or not, the app answers as always.
+        small = json.dumps({"code": "ann"}).encode()
+        status, reply = raw_request(base, head.replace("100000000", str(len(small))), small)
+        assert status == 200 and reply["code"] == "ann"
+        one = b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small)
+        status, reply = raw_request(base, head.replace("Content-Length: 100000000", "Transfer-Encoding: chunked"), one)
+        assert status == 200 and reply["code"] == "ann"
+        assert call(base, "/api/session", raw=b'{"code": "' + b"a" * 2000 + b'"}')[0] == 413
+
+
+def body_limit_answer(headers: list[tuple[bytes, bytes]]) -> tuple[list[dict], int]:
+    """The middleware alone in front of an app that must not be reached, fed an endless body: (what it sent,
+    how many 64 KiB chunks it read)."""
+    import asyncio
+
+    from fashionsd_x.apps.study.server import BodyLimit
+
+    reads, sent = [], []
+
+    async def endless() -> dict:
+        reads.append(1)
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def never_called(scope, receive, send) -> None:
+        raise AssertionError("the app must not see a body over the limit")
+
+    scope = {"type": "http", "method": "POST", "path": "/api/session", "headers": headers}
+    asyncio.run(BodyLimit(never_called, limit=1_000_000)(scope, endless, send))
+    return sent, len(reads)
+
+
+def test_a_streamed_body_is_read_only_up_to_the_limit():
+    sent, reads = body_limit_answer([])
+    assert sent[0]["status"] == 413 and reads == 1_000_000 // 65536 + 1
+    # Content-Length headers a proxy might pass on unchecked: answered without reading anything.
+    for length, status, fragment in ((b"9" * 5000, 413, b"5000-digit"), (b"12x", 400, b"Content-Length"),
+                                     (b"", 400, b"Content-Length"), (b"1000001", 413, b"1000001 bytes")):
+        sent, reads = body_limit_answer([(b"content-length", length)])
+        assert (sent[0]["status"], reads) == (status, 0) and fragment in sent[1]["body"]
+
+
+def test_max_body_must_be_positive(study: Path):
+    from fashionsd_x.apps.study.db import StudyError
+    from fashionsd_x.apps.study.server import create_app
+
+    for bad in (0, -5, True, 1.5):
+        with pytest.raises(StudyError, match="max-body"):
+            create_app(study, max_body=bad)
 
 
 def test_a_repeated_answer_is_stored_once(study: Path):

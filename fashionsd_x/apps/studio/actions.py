@@ -22,14 +22,15 @@ from PIL import Image
 from fashionsd_x.data.conditioning import BlankSketchError, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
-from fashionsd_x.generate import GarmentGenerator, Generated, GenerationError
+from fashionsd_x.generate import GarmentGenerator, Generated, GenerationError, check_float, check_int, check_settings
 
 Source = Literal["draw", "upload", "photo", "prompt"]  # where the sketch comes from; prompt: text only
 SOURCES: tuple[Source, ...] = ("draw", "upload", "photo", "prompt")
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused before decoding
 MAX_IMAGES = 8  # per click; the page's slider stops here and run_generation refuses more from the API
 MAX_STEPS = 100
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # the page's Number holds a JavaScript double: larger seeds would not come back exact
+NUMBERS = ("num_images", "steps", "guidance_scale", "controlnet_scale", "lora_scale", "seed")  # Settings' numbers
 IMAGE_NAME = "seed{seed}-{run}.png"  # seed first: the page's download list shortens long names at the end
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -50,18 +51,26 @@ class Settings:
 
     @classmethod
     def from_page(cls, *values: Any) -> Settings:
-        """Settings from the controls' values in field order; Gradio gives numbers as floats."""
-        kinds = {"str": str, "int": int, "float": float}
-        return cls(*(kinds[f.type](v if v is not None else f.default) for f, v in zip(fields(cls), values)))
+        """Settings from the controls' values in field order. Gradio gives numbers as floats: whole ones become
+        ints; anything else (NaN, 2.5 steps, text from an API caller) is kept as given for `problem` to name."""
+        given = {f.name: v if v is not None else f.default for f, v in zip(fields(cls), values)}
+        for name in NUMBERS:
+            try:
+                given.update(check_settings(**{name: given[name]}))
+            except GenerationError:
+                pass
+        return cls(**{name: str(value) if name not in NUMBERS else value for name, value in given.items()})
 
     def problem(self) -> str:
-        """Why these settings cannot run (checked here: the page's limits do not bind API callers), or ""."""
-        if not 1 <= self.num_images <= MAX_IMAGES:
-            return f"number of images must be between 1 and {MAX_IMAGES}, got {self.num_images}"
-        if not 1 <= self.steps <= MAX_STEPS:
-            return f"steps must be between 1 and {MAX_STEPS}, got {self.steps}"
-        if not 0 <= self.seed <= MAX_SEED - self.num_images:
-            return f"seed must be between 0 and {MAX_SEED - self.num_images}, got {self.seed}"
+        """Why these settings cannot run, or "". The page's tighter limits come first (they bind API callers
+        too: a slider's range does not), then generation's own check of every number (`check_settings`)."""
+        try:
+            check_int("number of images", self.num_images, 1, MAX_IMAGES)
+            check_int("steps", self.steps, 1, MAX_STEPS)
+            check_int("seed", self.seed, 0, MAX_SEED - int(self.num_images))
+            check_settings(**{name: getattr(self, name) for name in NUMBERS})
+        except GenerationError as error:
+            return str(error)
         return ""
 
 
@@ -72,6 +81,11 @@ class SketchSettings:
     method: str = "adaptive"  # adaptive (the paper's), canny or xdog
     block_size: int = 11  # adaptive threshold neighbourhood, odd
     offset: float = 2.0  # adaptive threshold constant
+
+    @classmethod
+    def from_page(cls, method: Any, block_size: Any, offset: Any) -> SketchSettings:
+        """From the photo controls' values (floats from Gradio); a bad number is a GenerationError naming it."""
+        return cls(str(method), check_int("block_size", block_size, 3, 255), check_float("offset", offset, 0.0, 255.0))
 
     def config(self) -> SketchConfig:
         return SketchConfig(method=self.method, block_size=int(self.block_size), offset=float(self.offset))
@@ -158,8 +172,8 @@ def extract(photo: str | Path | None, method: str, block_size: int, offset: floa
     if image is None:
         return None, message
     try:
-        config = SketchSettings(method, int(block_size), float(offset)).config()
-    except ValueError as error:
+        config = SketchSettings.from_page(method, block_size, offset).config()
+    except ValueError as error:  # GenerationError is one
         return None, f"sketch settings: {error}"
     return extract_sketch(pad_to_square(image, resolution), config), ""
 

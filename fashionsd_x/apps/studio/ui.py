@@ -143,7 +143,10 @@ def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, so
 
     def generate(source_name, canvas, upload, photo, method, block_size, offset, history_value, *values,
                  progress=gr.Progress()):
-        sketch_settings = SketchSettings(method, int(block_size), float(offset))
+        try:
+            sketch_settings = SketchSettings.from_page(method, block_size, offset)
+        except ValueError as error:  # a GenerationError: an API caller's NaN or text where a number goes
+            return _failed(f"sketch settings: {error}", history_value)
         sketch, problem = pick_sketch(source_name, canvas, upload, photo, sketch_settings, generator.resolution)
         if problem:
             return _failed(problem, history_value)

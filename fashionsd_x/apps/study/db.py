@@ -23,6 +23,7 @@ from fashionsd_x.apps.study.design import Design
 FORMAT = "fsdx-study/1"  # meta "format" of files this module reads and writes
 CHOICES = ("left", "right", "tie")  # what a rater may answer; tie is "can't tell"
 BUSY_TIMEOUT_MS = 30_000  # writers wait this long for each other (one commit takes milliseconds)
+MIN_INTEGER, MAX_INTEGER = -2**63, 2**63 - 1  # SQLite's INTEGER; binding a Python int beyond it overflows
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);  -- JSON values: design, source, versions
@@ -226,6 +227,8 @@ def record_answer(connection: sqlite3.Connection, rater: int, comparison: int, c
     """
     if choice not in CHOICES:
         raise StudyError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if not _storable(comparison):
+        raise UnknownComparison(f"comparison {comparison} is not in this rater's queue")
     names = criteria(connection)
     if criterion not in names:
         raise StudyError(f"criterion must be one of {', '.join(names)}, got {criterion!r}")
@@ -246,7 +249,9 @@ def record_answer(connection: sqlite3.Connection, rater: int, comparison: int, c
 
 
 def image_png(connection: sqlite3.Connection, image: int) -> bytes | None:
-    """The PNG bytes of an image of the study."""
+    """The PNG bytes of an image of the study (None for an id it does not have)."""
+    if not _storable(image):
+        return None
     row = connection.execute("SELECT png FROM images WHERE id = ?", (image,)).fetchone()
     return None if row is None else bytes(row["png"])
 
@@ -267,6 +272,11 @@ def answers(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
         "JOIN comparisons c ON c.id = a.comparison ORDER BY a.id")
     for row in rows:
         yield dict(row)
+
+
+def _storable(number: int) -> bool:
+    """Whether `number` fits an SQLite INTEGER (an id beyond it names no row; binding it would raise)."""
+    return isinstance(number, int) and MIN_INTEGER <= number <= MAX_INTEGER
 
 
 def _now() -> str:

@@ -6,7 +6,9 @@ Routes (every error is a 4xx JSON {"error": "one line"}, never a traceback):
     POST /api/session      {"code"}: start or resume; the rater is created on first visit with their queue
     POST /api/answers      {"code", "comparison", "criterion", "choice"}: store one answer, return the progress
     GET  /images/{id}      a PNG of the study, by id
-Each request opens its own SQLite connection; every answer is its own commit (see db.py).
+Each request opens its own SQLite connection; every answer is its own commit (see db.py). A request body over
+`max_body` bytes is refused with 413 before it is read (Content-Length) or as soon as it passes the limit
+(a body streamed without a length); ids outside SQLite's int64 are a 422, not an overflow inside SQLite.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionsd_x.apps.study import db as store  # `db` is serve_study's parameter (the CLI's DB)
 
 LOGGER = logging.getLogger(__name__)
 CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_BODY = 1_000_000  # bytes; an answer is about 100
+# An id in a request: beyond SQLite's int64 it cannot name a row, and binding it would overflow (a 500).
+StudyId = Annotated[int, Field(ge=store.MIN_INTEGER, le=store.MAX_INTEGER)]
 # The page is one file with inline script and style; images and API calls go to this server only.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -47,7 +54,7 @@ class Session(BaseModel):
 
 class Answer(BaseModel):
     code: str
-    comparison: int
+    comparison: StudyId
     criterion: str
     choice: str
 
@@ -62,9 +69,13 @@ class ServeResult:
     answers: int
 
 
-def create_app(study: Path) -> FastAPI:
-    """The study's web app; fails at once (StudyError, FileNotFoundError) if STUDY is not a study file."""
+def create_app(study: Path, max_body: int = MAX_BODY) -> FastAPI:
+    """The study's web app; fails at once (StudyError, FileNotFoundError) if STUDY is not a study file.
+
+    Request bodies over `max_body` bytes get 413 (see `BodyLimit`)."""
     study = Path(study)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+        raise store.StudyError(f"--max-body must be a positive number of bytes, got {max_body!r}")
     with closing(store.open_study(study)) as connection:
         questions, meta = store.criteria(connection), store.read_meta(connection)
     page = resources.files("fashionsd_x.apps.study").joinpath("page.html").read_text(encoding="utf-8")
@@ -73,7 +84,67 @@ def create_app(study: Path) -> FastAPI:
     _add_routes(app, study, page, {"criteria": [{"name": name, "question": question}
                                                 for name, question in questions.items()],
                                    "per_rater": meta["per_rater"]})
+    app.add_middleware(BodyLimit, limit=max_body)
     return app
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a request body over `limit` bytes, without holding more than that.
+
+    A Content-Length over the limit is refused before any of the body is read. A body without one (chunked) is
+    read here up to the limit and handed on from memory; one byte more and the request is refused. A pure ASGI
+    middleware, not Starlette's BaseHTTPMiddleware: that one cannot stop the app from reading the stream.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and not length.isdigit():
+            await _refuse(scope, receive, send, 400, f"bad Content-Length header {length[:40].decode('latin-1')!r}")
+            return
+        digits = None if length is None else length.lstrip(b"0") or b"0"
+        if digits is not None and (len(digits) > 18 or int(digits) > self.limit):  # no int() of 5,000 digits
+            shown = int(digits) if len(digits) <= 18 else f"{len(digits)}-digit number of"
+            await _refuse(scope, receive, send, 413, f"request body too large: {shown} bytes, the limit is "
+                                                     f"{self.limit}")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: pass that on
+                chunks.append(message)
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await _refuse(scope, receive, send, 413, f"request body too large: over the limit of {self.limit} "
+                                                         "bytes")
+                return
+            chunks.append(message)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(chunks, receive), send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, reason: str) -> None:
+    """Answer {"error": reason} and close the connection (the rest of the body is never read)."""
+    response = JSONResponse({"error": reason}, status_code=status, headers={"Connection": "close"})
+    await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that hands out the messages already read, then goes back to the real one (for the disconnect)."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
 def _add_routes(app: FastAPI, study: Path, page: str, info: dict[str, Any]) -> None:
@@ -103,7 +174,7 @@ def _add_routes(app: FastAPI, study: Path, page: str, info: dict[str, Any]) -> N
             return {"recorded": recorded, "progress": _progress_json(store.progress(conn, rater))}
 
     @app.get("/images/{image_id}")
-    def image(image_id: int) -> Response:
+    def image(image_id: Annotated[int, PathParameter(ge=store.MIN_INTEGER, le=store.MAX_INTEGER)]) -> Response:
         with connection() as conn:
             png = store.image_png(conn, image_id)
         if png is None:
@@ -165,7 +236,7 @@ def _validation_message(error: RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
 
 
-def serve_study(db: Path, host: str = "127.0.0.1", port: int = 7861) -> ServeResult:
+def serve_study(db: Path, host: str = "127.0.0.1", port: int = 7861, max_body: int = MAX_BODY) -> ServeResult:
     """Serve a user study to raters until Ctrl-C.
 
     Raters open http://HOST:PORT/, enter a rater code (their first visit creates them and their queue) and answer
@@ -177,11 +248,12 @@ def serve_study(db: Path, host: str = "127.0.0.1", port: int = 7861) -> ServeRes
         host: interface to listen on; 127.0.0.1 keeps the study on this machine (there is no login: on a
             shared network, put it behind a proxy with access control).
         port: TCP port to listen on.
+        max_body: largest request body in bytes; a larger one is refused with 413 before it is read.
     """
     import uvicorn
 
     study = Path(db)
-    app = create_app(study)
+    app = create_app(study, max_body)
     listener = bind(host, port)
     url = f"http://{host}:{port}/"
     print(f"serving {study} at {url} (Ctrl-C stops; answers are saved as they are given)", flush=True)
