@@ -169,12 +169,14 @@ def _check_replaceable(out: Path) -> None:
 
 def _build_split(records: list[Record], split: str, config: BuildConfig, work: Path) -> tuple[Dataset, list[Skip]]:
     table = _records_table(records)
-    features = Features({**_input_features(table), "image": ImageFeature(), "sketch": ImageFeature(),
-                         "_skip": Value("string")})
+    inputs = _input_features(table)
+    features = Features({**inputs, "image": ImageFeature(), "sketch": ImageFeature(), "_skip": Value("string")})
     if not records:  # map() skips empty datasets without adding columns; build the empty split directly
         empty = Dataset.from_dict({name: [] for name in features}, features=features)
         return empty.select_columns(_column_order(empty.column_names)), []
-    dataset = Dataset.from_dict(table).map(
+    # The input types are given, not inferred: a field that is None in every row would be Arrow's null type,
+    # which map() cannot cast to the string column the features declare.
+    dataset = Dataset.from_dict(table, features=Features(inputs)).map(
         process_item,
         input_columns=["_path"],
         fn_kwargs={"resolution": config.resolution, "sketch": config.sketch.to_dict()},

@@ -119,11 +119,16 @@ def normalize_sketch(sketch: Image.Image, resolution: int,
     lines = _downscale_lines(_pad_square(ink), resolution)
     if not lines.any():  # the lines were all below a pixel's share (a speck on a huge sheet)
         raise BlankSketchError("the sketch has no line that shows at the model's resolution; draw larger or bolder")
-    return _stroke(thin_lines(lines), conditioning.stroke_pixels(resolution))
+    centre = thin_lines(lines)
+    if not centre.any():  # Zhang-Suen erases a 2 x 2 block whole; a mark that small stays as it is, not a blank
+        centre = lines
+    return _stroke(centre, conditioning.stroke_pixels(resolution))
 
 
 def ink_mask(sketch: Image.Image, ink_threshold: float = 0.15) -> np.ndarray:
     """Bool H x W: where the sketch has ink, whatever the paper, its lighting and the polarity (steps 1-3)."""
+    if 0 in sketch.size:
+        raise BlankSketchError(f"the sketch is empty ({sketch.width}x{sketch.height} px); draw on a sheet with some area")
     gray = np.asarray(to_rgb(sketch).convert("L"), dtype=np.float32) / 255.0
     if float(np.median(gray)) < 0.5:  # mostly dark: light lines on dark paper
         gray = 1.0 - gray
@@ -234,6 +239,7 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
         raise ValueError(f"a sketch array must be uint8 (0 = line, 255 = paper), got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         return array[:, :, 0]
-    if array.ndim not in (2, 3):
-        raise ValueError(f"a sketch array must be H x W or H x W x C, got shape {array.shape}")
+    # Pillow reads uint8 H x W x C as LA, RGB or RGBA; any other channel count it cannot make an image of.
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"a sketch array must be H x W or H x W x C with C 1 to 4, got shape {array.shape}")
     return array

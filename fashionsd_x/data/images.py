@@ -72,14 +72,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P":
         # Palette transparency lives in image.info; converting through RGBA keeps it.
         image = image.convert("RGBA")
-    if image.mode in ("LA", "PA", "La"):
+    if image.mode in ("La", "RGBa"):
+        # Premultiplied alpha: Pillow converts these only to their plain form (La -> LA, RGBa -> RGBA).
+        image = image.convert(image.mode[:-1] + "A")
+    if image.mode in ("LA", "PA"):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "RGBa"):
+    if image.mode == "RGBA":
         canvas = Image.new("RGB", image.size, WHITE)
-        canvas.paste(image.convert("RGBA"), mask=image.getchannel("A"))
+        canvas.paste(image, mask=image.getchannel("A"))
         return canvas
     if image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+        # NaN would cast to an arbitrary byte; read it as black, like the values clipped below 0.
+        values = np.nan_to_num(np.asarray(image), nan=0.0, posinf=255.0, neginf=0.0)
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
     return image.convert("RGB")
 
 
@@ -99,6 +104,8 @@ def pad_to_square(image: Image.Image, resolution: int, fill: tuple[int, int, int
     if resolution < 8:
         raise ValueError(f"resolution must be at least 8, got {resolution}")
     width, height = image.size
+    if not width or not height:
+        raise ValueError(f"the image is empty ({width}x{height} px); there is nothing to pad")
     scale = resolution / max(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = image.resize(new_size, Image.Resampling.LANCZOS) if new_size != image.size else image

@@ -264,3 +264,15 @@ def test_cli_reports_an_unlisted_symlink_loop_and_a_catalogue_with_nothing_usabl
     failed = fsdx("data", "build", "--source", "folder", "--root", root, "--out", tmp_path / "ds2")
     assert_one_line_error(failed, "no usable item", "not UTF-8 text (byte 0xe9")
     assert not (tmp_path / "ds2").exists()
+
+
+def test_a_field_that_is_empty_in_every_row_is_a_string_column(tmp_path):
+    # Found by tests/data/test_fuzz.py: a field null in every row made map() fail casting to Arrow's null type.
+    root = tmp_path / "raw"
+    root.mkdir()
+    garment(0).save(root / "a.png")
+    garment(1).save(root / "b.png")
+    _jsonl(root, [{"file_name": "a.png", "text": "a red dress"}, {"file_name": "b.png", "text": "a top", "note": None}])
+    build_dataset("folder", root, tmp_path / "out", resolution=32, test_fraction=0.0)
+    train = load_from_disk(str(tmp_path / "out"))["train"]
+    assert train["note"] == [None, None] and train.features["note"].dtype == "string"

@@ -159,3 +159,85 @@ def test_folder_without_captions_is_a_layout_error(tmp_path):
     garment(0).save(tmp_path / "cat" / "g0.png")
     with pytest.raises(LayoutError, match="metadata.jsonl, captions.csv"):
         scan_source("folder", tmp_path / "cat")
+
+
+# Unreadable parts of the released layouts: a layout file is one clear LayoutError, an item is a skip by name.
+
+def test_dresscode_unreadable_layout_files_are_one_clear_error(dresscode_root):
+    (dresscode_root / "coarse_captions.json").write_bytes('{"000001": ["robe d\'été"]}'.encode("latin-1"))
+    with pytest.raises(LayoutError, match=r"coarse_captions.json is not UTF-8 text \(byte 0xe9"):
+        scan_source("dresscode", dresscode_root)
+    (dresscode_root / "coarse_captions.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LayoutError, match="nests too deeply"):
+        scan_source("dresscode", dresscode_root)
+    (dresscode_root / "coarse_captions.json").unlink()
+    (dresscode_root / "coarse_captions.json").mkdir()
+    with pytest.raises(LayoutError, match="cannot read caption file .*Is a directory"):
+        scan_source("dresscode", dresscode_root)
+
+
+def test_dresscode_bad_items_are_skipped_by_name(dresscode_root):
+    images = dresscode_root / "dresses" / "images"
+    (images / "020714_1.jpg").unlink()
+    (images / "020714_1.jpg").symlink_to("020714_1.jpg")  # a link to itself
+    (images / "020715_1.jpg").unlink()
+    (images / "020715_1.jpg").symlink_to("gone.jpg")
+    with (dresscode_root / "upper_body" / "train_pairs.txt").open("ab") as handle:
+        handle.write("000009_0.jpg 000009é_1.jpg\n".encode("latin-1"))
+        handle.write(b"000010_0.jpg ../../dresses/images/020716_1.jpg\n")
+    fine = json.loads((dresscode_root / "fine_captions.json").read_text())
+    (dresscode_root / "fine_captions.json").write_text(json.dumps({**fine, "000001": ["\ud800 lone surrogate"]}))
+    scan = scan_source("dresscode", dresscode_root)
+    reasons = {skip.id or skip.path.rsplit("/", 1)[-1]: skip.reason for skip in scan.skipped}
+    assert reasons["020714"] == "garment image is a symbolic link loop"
+    assert reasons["020715"] == "garment image is a broken symbolic link"
+    assert reasons["train_pairs.txt:3"].startswith("line is not UTF-8 text (byte 0xe9")
+    assert reasons["train_pairs.txt:4"].startswith("malformed pairs line")  # a path out of the category folder
+    assert reasons["000001"].endswith("is not valid Unicode text (lone surrogate U+D800)")
+    assert {r.id for r in scan.records} == {"020716", "000003", "013563"}
+
+
+def test_vitonhd_pairs_file_that_is_a_folder_is_one_clear_error(vitonhd_root):
+    (vitonhd_root / "test_pairs.txt").unlink()
+    (vitonhd_root / "test_pairs.txt").mkdir()
+    with pytest.raises(LayoutError, match="vitonhd layout: cannot read pairs file .*test_pairs.txt"):
+        scan_source("vitonhd", vitonhd_root)
+
+
+def test_folder_csv_rows_that_are_not_utf8_or_too_long_are_skipped(tmp_path):
+    root = tmp_path / "cat"
+    root.mkdir()
+    for index in range(3):
+        garment(index).save(root / f"g{index}.png")
+    (root / "captions.csv").write_bytes("file_name,text\ng0.png,robe d'été\n".encode() + "g1.png,jupe plissée\n"
+                                        .encode("latin-1") + b"g2.png,a,b\n")
+    scan = scan_source("folder", root)
+    assert [(r.id, r.text) for r in scan.records] == [("g0", "robe d'été")]
+    reasons = {skip.path.rsplit("/", 1)[-1]: skip.reason for skip in scan.skipped}
+    assert reasons["captions.csv:3"].startswith("row is not UTF-8 text (byte 0xe9")
+    assert reasons["captions.csv:4"] == "row has more fields than the header (2)"
+    assert "no caption" in reasons["g1.png"] and "no caption" in reasons["g2.png"]
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"text": ["a", "list"]}, "text must be a string, got list"),
+    ({"id": 1.5}, "id must be a string or an integer, got float"),
+    ({"category": {"name": "dress"}}, "category must be a string, got dict"),
+    ({"image": "a.png"}, "field 'image' clashes with the columns the build writes"),
+    ({"_path": "x"}, "field '_path' clashes"),
+    ({"sku": 2**70}, "field 'sku': no dataset column can hold"),
+    ({"tags": [1, "a"]}, "field 'tags': no dataset column can hold"),
+    ({"text": "caf\ud800"}, "field 'text' is not valid Unicode text (lone surrogate U+D800)"),
+])
+def test_folder_rows_with_mistyped_or_clashing_fields_are_skipped(tmp_path, row, reason):
+    root = tmp_path / "cat"
+    root.mkdir()
+    garment(0).save(root / "g0.png")
+    garment(1).save(root / "g1.png")
+    rows = [{"file_name": "g0.png", "text": "a red dress"}, {"file_name": "g1.png", "text": "a top", **row}]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scan = scan_source("folder", root)
+    assert [r.id for r in scan.records] == ["g0"]
+    row_skip, image_skip = scan.skipped
+    assert row_skip.reason.startswith(reason) and row_skip.path.endswith("metadata.jsonl:2"), row_skip
+    assert image_skip.path.endswith("g1.png") and image_skip.reason == "no caption for this image in metadata.jsonl"

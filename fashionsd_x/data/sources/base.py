@@ -7,9 +7,10 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SPLITS = ("train", "test")
 
@@ -125,19 +126,20 @@ def utf8_lines(path: Path, what: str, source: str, skipped: list[Skip]) -> Itera
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            skipped.append(Skip(f"{path}:{number}", f"line {not_utf8(error)}"))
+            skipped.append(Skip(f"{path}:{number}", f"line is {not_utf8(error)}"))
 
 
 def read_pairs(pairs: Path, suffix: str, result: Scan, source: str) -> Iterator[tuple[str, str]]:
     """(garment id, garment file name) from the second column of a try-on pairs file ("<person> <garment>").
 
-    Lines whose garment file does not end with SUFFIX (e.g. "_1.jpg") are recorded as malformed skips.
+    Lines whose garment file does not end with SUFFIX (e.g. "_1.jpg"), or is not a plain file name (a path
+    such as ../../x_1.jpg would read outside the layout), are recorded as malformed skips.
     """
     for number, line in utf8_lines(pairs, "pairs file", source, result.skipped):
         names = line.split()
         if not names:
             continue
-        if len(names) != 2 or not names[1].endswith(suffix):
+        if len(names) != 2 or not names[1].endswith(suffix) or "/" in names[1] or "\\" in names[1]:
             result.skipped.append(Skip(f"{pairs}:{number}", f"malformed pairs line {line.strip()!r}"))
             continue
         yield names[1][: -len(suffix)], names[1]

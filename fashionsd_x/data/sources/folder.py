@@ -17,7 +17,7 @@ Every image under ROOT ends up either in the records or in the skips, with its r
   replacement characters; re-saving the file as UTF-8 brings the items back.
 - A field of the wrong type (a caption that is a list), a lone surrogate, a value no dataset column can
   hold, or a field named like a column the build writes (image, sketch, _...) skips the row.
-- Links that loop or point nowhere, folders named like images and unreadable files are skipped by name.
+- Links that loop or point nowhere and unreadable files are skipped by name, listed or not.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ def scan(root: Path, test_fraction: float = 0.1) -> Scan:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     rows, skipped, caption_file = _caption_rows(root)
     result = Scan(skipped=skipped)
-    named = {_real(Path(skip.path)) for skip in skipped}  # images a caption source already spoke about
     claimed: dict[tuple[str, str], str] = {}  # ("file", real path) or ("bytes", sha256) -> the row that kept it
     for where, row in rows:
-        if isinstance(row.get("file_name"), str):
-            named.add(_real(root / row["file_name"]))
         record = _record(root, where, row, result.skipped)
         if record is not None and _first_claim(record, where, claimed, result.skipped):
             result.records.append(record)
+    # An image is accounted for by a record or by a skip under its own path. A row rejected before its image
+    # was looked at (a mistyped field) is a skip under its line, so its image is also reported as uncaptioned.
+    named = {_real(record.image_path) for record in result.records} | {_real(skip.path) for skip in result.skipped}
     for image in _image_candidates(root):
         if _real(image) not in named:
             problem = file_problem(image)
@@ -279,7 +279,7 @@ def _image_candidates(root: Path) -> list[Path]:
     return sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir())
 
 
-def _real(path: Path) -> str:
+def _real(path: str | Path) -> str:
     # os.path.realpath, not Path.resolve: on Python 3.11 resolve() raises RuntimeError on a symbolic link loop.
     try:
         return os.path.realpath(path)
