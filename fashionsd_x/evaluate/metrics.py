@@ -9,6 +9,7 @@ The paper's (Singh and Patras, arXiv 2404.18591):
                   project's one extractor and the dataset's SketchConfig) and the input sketch.
 Beyond the paper:
     edge_prf          line precision/recall/F1 with a pixel tolerance (the BSDS boundary-matching idea).
+    chamfer_distance  symmetric mean distance between two sketches' lines, as a fraction of the image diagonal.
     silhouette_iou    generated garment region vs the region inside the input sketch's outer outline.
     mask_iou          generated garment region vs a known silhouette mask (the sketch-style benchmark's).
     color_accuracy    dominant garment colour named by the nearest palette colour (CIEDE2000).
@@ -377,6 +378,34 @@ def _share_near(points: np.ndarray, lines: np.ndarray, tolerance: int) -> float:
     # distanceTransform measures to the nearest zero pixel, so the lines are the zeros.
     distance = cv2.distanceTransform((~lines).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return float((distance[points] <= tolerance + 1e-3).mean())
+
+
+def chamfer_distance(generated_sketch: Image.Image, input_sketch: Image.Image, invert: bool = False) -> float:
+    """Symmetric Chamfer distance between two sketches' lines (Barrow et al. 1977), in [0, 1]: lower is closer.
+
+    The mean distance from each generated line pixel to the nearest input line pixel and the mean distance the
+    other way, averaged, divided by the image diagonal so that the same drawing scores the same at any
+    resolution (a drawing shifted by 10% of a square image's side scores at most about 0.07). Unlike edge_prf it has no
+    tolerance: a line 3 px off costs less than one 30 px off, so it also grades sketches that miss the lines.
+    Empty cases: both sketches blank -> 0 (nothing asked, nothing drawn). One blank and the other not -> 1,
+    the largest value, above any pair of drawings: a distance to no line is undefined, and a blank image
+    follows no sketch, so it must never beat one that draws something.
+    """
+    drawn, target = line_mask(generated_sketch, invert), line_mask(input_sketch, invert)
+    if drawn.shape != target.shape:
+        raise ValueError(f"sketches must have the same size, got {generated_sketch.size} and {input_sketch.size}")
+    if not drawn.any() and not target.any():
+        return 0.0
+    if not drawn.any() or not target.any():
+        return 1.0
+    diagonal = math.hypot(*drawn.shape)  # any two pixels are closer than this, so the result stays below 1
+    return (_mean_distance(drawn, target) + _mean_distance(target, drawn)) / (2 * diagonal)
+
+
+def _mean_distance(points: np.ndarray, lines: np.ndarray) -> float:
+    """Mean Euclidean distance (px) from each POINTS pixel to the nearest LINES pixel; LINES must not be empty."""
+    distance = cv2.distanceTransform((~lines).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return float(distance[points].mean())
 
 
 # ---------------------------------------------------------------------------------------------- attributes

@@ -3,6 +3,7 @@ and against the behaviour a metric must show on synthetic garments."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from fashionsd_x.data.synth import CATEGORIES, PALETTE, PATTERNS, render_garment
 from fashionsd_x.evaluate.metrics import (
     MetricUnavailable,
     TORCH_FIDELITY_INCEPTION,
+    chamfer_distance,
     clip_scores,
     color_accuracy,
     dominant_color,
@@ -367,6 +369,51 @@ def test_edge_prf_agrees_with_brute_force_distances(seed):
         inverted = edge_prf(Image.fromarray(np.where(drawn, 255, 0).astype(np.uint8)),
                             Image.fromarray(np.where(target, 255, 0).astype(np.uint8)), tolerance, invert=True)
         assert inverted == result
+
+
+def test_chamfer_is_zero_for_identical_sketches_symmetric_and_grows_with_a_shift():
+    sketch = np.asarray(extract_sketch(garment(6, size=96)))
+    assert chamfer_distance(Image.fromarray(sketch), Image.fromarray(sketch)) == 0.0
+    shifted = [Image.fromarray(np.pad(sketch, ((0, 0), (shift, 0)), constant_values=255)[:, :96])
+               for shift in (1, 3, 9)]
+    distances = [chamfer_distance(moved, Image.fromarray(sketch)) for moved in shifted]
+    assert 0 < distances[0] < distances[1] < distances[2] < 9 / math.hypot(96, 96)
+    assert chamfer_distance(Image.fromarray(sketch), shifted[1]) == distances[1]  # symmetric
+    # ten 1-px lines moved down by 2 px: every pixel of either sketch is exactly 2 px from the other's lines
+    assert chamfer_distance(lines_sketch([row + 2 for row in ROWS]), lines_sketch(ROWS)) == \
+        pytest.approx(2 / math.hypot(96, 96))
+
+
+def test_chamfer_does_not_depend_on_resolution():
+    small, large = lines_sketch([20, 60], size=96), lines_sketch([20 * 4, 60 * 4], size=96 * 4)
+    moved_small, moved_large = lines_sketch([23, 63], size=96), lines_sketch([23 * 4, 63 * 4], size=96 * 4)
+    # the lines' ends differ by a pixel or so between the scales, hence the tolerance
+    assert chamfer_distance(moved_small, small) == pytest.approx(chamfer_distance(moved_large, large), rel=0.05)
+
+
+def test_chamfer_empty_cases():
+    full = lines_sketch(ROWS)
+    assert chamfer_distance(blank(96), blank(96)) == 0.0
+    assert chamfer_distance(blank(96), full) == chamfer_distance(full, blank(96)) == 1.0
+    corner, opposite = np.full((96, 96), 255, np.uint8), np.full((96, 96), 255, np.uint8)
+    corner[0, 0], opposite[-1, -1] = 0, 0  # the farthest apart two drawings can be: still better than a blank
+    assert 0.95 < chamfer_distance(Image.fromarray(corner), Image.fromarray(opposite)) < 1.0
+    with pytest.raises(ValueError, match="same size"):
+        chamfer_distance(full, blank(64))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_chamfer_agrees_with_brute_force_distances(seed):
+    rng = np.random.default_rng(seed)
+    drawn, target = rng.random((40, 30)) < 0.03, rng.random((40, 30)) < 0.05
+    a, b = np.argwhere(drawn), np.argwhere(target)
+    distances = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    expected = (distances.min(1).mean() + distances.min(0).mean()) / (2 * math.hypot(40, 30))
+    result = chamfer_distance(Image.fromarray(np.where(drawn, 0, 255).astype(np.uint8)),
+                              Image.fromarray(np.where(target, 0, 255).astype(np.uint8)))
+    assert result == pytest.approx(expected, abs=1e-6)
+    assert chamfer_distance(Image.fromarray(np.where(drawn, 255, 0).astype(np.uint8)),
+                            Image.fromarray(np.where(target, 255, 0).astype(np.uint8)), invert=True) == result
 
 
 # ------------------------------------------------------------------------------------------ attributes

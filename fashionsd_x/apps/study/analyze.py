@@ -1,7 +1,8 @@
 """`fsdx study analyze`: the answers of a study -> win rates, intervals, tests, agreement, a table and charts.
 
 Answers are turned from sides into variants first (left/right -> the first or second variant of the pair, as the
-rater's queue placed them), so every number below speaks of variants, never of sides.
+rater's queue placed them), so every number below speaks of variants, never of sides. Which automatic sketch
+metric agrees with the raters' sketch answers is metric_agreement.py's part.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fashionsd_x.apps.study import db as store  # `db` is analyze_study's parameter (the CLI's DB)
+from fashionsd_x.apps.study import metric_agreement
 from fashionsd_x.apps.study.stats import WinRate, holm, krippendorff_alpha, observed_agreement, win_rate
 
 AGREEMENT_METHOD = ("Krippendorff's alpha, nominal (first variant better / second better / can't tell), over the "
@@ -31,15 +33,20 @@ class Analysis:
     position: dict[str, Any]  # how often the left garment was chosen
     raters: dict[str, int]
     files: list[Path]
+    metric_agreement: dict[str, Any] = field(default_factory=dict)  # which sketch metric agrees with the raters
 
 
 def analyze_study(db: Path, out: Path = Path("outputs/study_analysis")) -> Analysis:
-    """Win rates, 95% intervals, exact tests and rater agreement of a user study's answers.
+    """Win rates, 95% intervals, exact tests and rater agreement of a user study's answers, and which automatic
+    sketch metric agrees with the raters.
 
     Per criterion and pair of variants: wins, losses and can't-tell answers; the win rate over decisive answers
     with its Wilson 95% interval; a two-sided exact binomial test against 0.5, also Holm-adjusted over all rows;
-    Krippendorff's alpha per criterion. Writes OUT/results.md, OUT/results.json, OUT/win_rates.png and
-    OUT/votes.png. Can run while the study is still being served.
+    Krippendorff's alpha per criterion. For the sketch question: each automatic sketch metric (sketch MSE, edge
+    precision/recall/F1, Chamfer distance, silhouette IoU, SSIM) scores the judged images, and its agreement with
+    the raters' majority (bootstrap 95% interval) and Kendall's tau-b with the vote margin name the metric that
+    agrees best. Writes OUT/results.md, OUT/results.json, OUT/win_rates.png, OUT/votes.png and, with sketch
+    answers, OUT/metric_agreement.png. Can run while the study is still being served.
 
     Args:
         db: study file written by `fsdx study create` and answered through `fsdx study serve`.
@@ -51,16 +58,21 @@ def analyze_study(db: Path, out: Path = Path("outputs/study_analysis")) -> Analy
         meta, criteria = store.read_meta(connection), store.criteria(connection)
         pairs = store.pairs(connection)
         answers = [dict(row, outcome=outcome(row)) for row in store.answers(connection)]
-    if not answers:
-        raise store.StudyError(f"{study} has no answers yet; serve it to raters with `fsdx study serve {study}`")
-    # 2. Statistics.
+        if not answers:
+            raise store.StudyError(f"{study} has no answers yet; serve it to raters with `fsdx study serve {study}`")
+        # 2. The automatic metrics against the sketch answers (they score the images stored in the study).
+        metrics = metric_agreement.analyze_metric_agreement(connection, meta, criteria, answers)
+    # 3. Statistics.
     rows = win_rate_rows(answers, criteria, pairs)
     agreement = {criterion: agreement_of(answers, criterion) for criterion in criteria}
-    analysis = Analysis(out, rows, agreement, position_bias(answers), rater_counts(answers, meta, len(criteria)), [])
-    # 3. Outputs.
+    analysis = Analysis(out, rows, agreement, position_bias(answers), rater_counts(answers, meta, len(criteria)), [],
+                        metrics)
+    # 4. Outputs.
     out.mkdir(parents=True, exist_ok=True)
     analysis.files = [_write_json(analysis, meta, study, criteria), _write_markdown(analysis, meta, study),
                       *write_charts(rows, list(criteria), out)]
+    if "skipped" not in metrics:
+        analysis.files.append(metric_agreement.write_chart(metrics, out))
     return analysis
 
 
@@ -122,6 +134,7 @@ def _write_json(analysis: Analysis, meta: dict[str, Any], study: Path, criteria:
                "criteria": criteria, "raters": analysis.raters, "win_rates": analysis.rows,
                "agreement": {"method": AGREEMENT_METHOD, "labels": CHOICE_LABELS, **analysis.agreement},
                "position": analysis.position,
+               "metric_agreement": {"method": metric_agreement.METHOD, **analysis.metric_agreement},
                "notes": "win rate = first variant's wins / decisive answers (can't tell excluded, counted); "
                         "95% Wilson interval; p: two-sided exact binomial test against 0.5 (scipy.stats.binomtest); "
                         "p_holm: Holm-adjusted over all rows"}
@@ -136,7 +149,7 @@ def _write_markdown(analysis: Analysis, meta: dict[str, Any], study: Path) -> Pa
 
 
 def results_markdown(analysis: Analysis, meta: dict[str, Any], study: Path) -> str:
-    """The report: win-rate table, agreement table, and the side check."""
+    """The report: win-rate table, agreement table, the side check, and which sketch metric agrees with people."""
     raters = analysis.raters
     title = f"# User study: {raters['answers']} answers from {raters['raters']} raters ({raters['complete']} complete)"
     lines = [title,
@@ -165,6 +178,7 @@ def results_markdown(analysis: Analysis, meta: dict[str, Any], study: Path) -> s
               f"{position['left'] + position['right']} decisive answers ({_percent(position['left_rate'])}, "
               f"p = {_p(position['p_value'])}); sides were randomised and balanced, so this measures a preference "
               "for a side, not for a variant."]
+    lines += metric_agreement.markdown(analysis.metric_agreement)
     return "\n".join(lines) + "\n"
 
 

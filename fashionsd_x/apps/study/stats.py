@@ -1,5 +1,6 @@
-"""The study's statistics: win rates with Wilson intervals, exact binomial tests, Holm's correction and
-Krippendorff's alpha. Pure functions on counts and labels."""
+"""The study's statistics: win rates with Wilson intervals, exact binomial tests, Holm's correction,
+Krippendorff's alpha, a paired bootstrap of means and Kendall's tau-b. Pure functions on counts, labels and
+values."""
 
 from __future__ import annotations
 
@@ -86,3 +87,43 @@ def _coincidences(units: Sequence[Sequence[Hashable]]) -> Counter[tuple[Hashable
         for first, second in permutations(labels, 2):  # ordered pairs of different raters' labels
             coincidences[(first, second)] += 1 / (len(labels) - 1)
     return coincidences
+
+
+def bootstrap_means(values: Sequence[Sequence[float]], draws: int = 2000, seed: int = 0) -> list[list[float]]:
+    """Means of each column of VALUES (rows: resampled units, e.g. pairs; columns: e.g. metrics) over DRAWS
+    resamples of the rows with replacement (Efron and Tibshirani 1993): a list of DRAWS rows of column means.
+
+    Every column is resampled with the same rows (a paired bootstrap), so differences between columns can be
+    read off the same draws. Seeded with SEED alone: the same input gives the same draws on every run.
+    """
+    import numpy as np
+
+    table = np.asarray(values, dtype=np.float64)
+    if table.ndim != 2 or len(table) == 0:
+        raise ValueError(f"bootstrap_means needs a non-empty (rows, columns) table, got shape {table.shape}")
+    rows = len(table)
+    # A multinomial count per row is resampling with replacement, without a (draws, rows, columns) array.
+    counts = np.random.default_rng(seed).multinomial(rows, np.full(rows, 1 / rows), size=draws)
+    return (counts @ table / rows).tolist()
+
+
+def percentile_interval(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The central CONFIDENCE interval of bootstrap SAMPLES (the percentile method)."""
+    import numpy as np
+
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
+    """Kendall's tau-b of X and Y (ties in either corrected for, Kendall 1945) and its two-sided p-value;
+    (None, None) when undefined: fewer than two pairs, or X or Y constant."""
+    from scipy.stats import kendalltau
+
+    if len(x) != len(y):
+        raise ValueError(f"kendall_tau_b needs paired values, got {len(x)} and {len(y)}")
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    result = kendalltau(x, y, variant="b")
+    return float(result.statistic), float(result.pvalue)
