@@ -10,6 +10,7 @@ int64, and the generation settings within their ranges, all before the stage sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 USAGE_ERROR = 2
 INT64 = (-2**63, 2**63 - 1)  # what an int option may hold: torch, numpy and SQLite all stop here
 OVERRIDES = "overrides"  # a stage parameter of this name takes any other `--key value` as config overrides
+SETTING_TEXT = "setting_text__"  # argparse dest prefix of config settings given as text (lists, mappings)
 OVERRIDES_EPILOG = "Any other field of the run's config can be set as --field value (e.g. --snr-gamma 5)."
 
 
@@ -40,6 +42,7 @@ class Command:
     positional: tuple[str, ...] = ()  # parameters given without a flag
     show: str = ""  # "module:function" printing the result and returning the exit code
     check: str = ""  # "module:function" refusing bad arguments before the stage starts (for stages that don't)
+    settings: str = ""  # "module:Class": a config dataclass whose every field is also an option (typed, with help)
 
     def function(self) -> Callable[..., Any]:
         return _resolve(self.target)
@@ -56,12 +59,13 @@ COMMANDS = (
             "write the sketch-style benchmark (designers' sketches of six kinds) for fsdx evaluate", (),
             "fashionsd_x.cli_show:data_sketch_styles"),
     Command("train lora", "fashionsd_x.train.lora:train_lora", "fine-tune a Stable Diffusion base with LoRA", (),
-            "fashionsd_x.cli_show:train"),
+            "fashionsd_x.cli_show:train", settings="fashionsd_x.train.config:LoraTrainConfig"),
     Command("train controlnet", "fashionsd_x.train.controlnet:train_controlnet",
-            "train a ControlNet on the dataset's sketches", (), "fashionsd_x.cli_show:train"),
+            "train a ControlNet on the dataset's sketches", (), "fashionsd_x.cli_show:train",
+            settings="fashionsd_x.train.config:ControlNetTrainConfig"),
     Command("train base", "fashionsd_x.train.pretrain:train_base",
             "train a base's UNet and text encoder in full (from scratch or a full fine-tune)", (),
-            "fashionsd_x.cli_show:train"),
+            "fashionsd_x.cli_show:train", settings="fashionsd_x.train.config:BaseTrainConfig"),
     Command("train tiny", "fashionsd_x.recipes.tiny:train_tiny",
             "train the embedded tiny model from nothing (resumable; --ship installs it)", (),
             "fashionsd_x.cli_show:train_tiny"),
@@ -181,6 +185,9 @@ def build_parser(selected: Command | None = None) -> argparse.ArgumentParser:
         sub = groups[prefix].add_parser(leaf, help=command.summary, description=description, epilog=epilog,
                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_parameters(sub, function, command.positional, arg_help)
+        if command.settings:
+            _add_settings(sub.add_argument_group("settings (any field of the run's config)"),
+                          _resolve(command.settings), function)
         sub.set_defaults(_command=command)
     return parser
 
@@ -189,8 +196,8 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
                     arg_help: dict[str, str]) -> None:
     hints = typing.get_type_hints(function)
     for name, parameter in inspect.signature(function).parameters.items():
-        if name == OVERRIDES:
-            continue  # filled from the leftover --key value pairs, see _overrides
+        if name == OVERRIDES or parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue  # overrides: the leftover --key value pairs (see _overrides); **settings: see _add_settings
         kind, is_list, choices = _describe(hints.get(name, str))
         help_text = arg_help.get(name, "")
         required = parameter.default is inspect.Parameter.empty
@@ -212,6 +219,36 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
                 options["help"] = f"{help_text} (default: {parameter.default})"
         metavar = None if choices else name.split("_")[-1].upper()  # argparse shows {a,b,c} for choices
         parser.add_argument(_flag(name), dest=name, metavar=metavar, **options)
+
+
+def _add_settings(group: Any, config_class: type, function: Callable) -> None:
+    """One option per field of the stage's config dataclass that is not a parameter of the function: typed
+    numbers, --flag/--no-flag for booleans, and lists (comma-separated) or mappings (YAML) as text the config
+    parses. Help comes from the field's comment in the class, so each setting is described once."""
+    from fashionsd_x.train.config import field_help
+
+    taken = set(inspect.signature(function).parameters)
+    helps, hints = field_help(config_class), typing.get_type_hints(config_class)
+    for item in dataclasses.fields(config_class):
+        if item.name in taken:
+            continue
+        kind, is_list, _ = _describe(hints[item.name])
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        help_text = f"{helps.get(item.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        if kind is bool and not is_list:
+            group.add_argument(_flag(item.name), dest=item.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif kind in (int, float, str, Path) and not is_list and not _is_mapping(hints[item.name]):
+            group.add_argument(_flag(item.name), dest=item.name, type=NUMBER_TYPES.get(kind, kind), default=None,
+                               metavar=item.name.split("_")[-1].upper(), help=help_text)
+        else:  # lists and mappings: text the config parses (YAML; a list also as a,b,c)
+            group.add_argument(_flag(item.name), dest=SETTING_TEXT + item.name, default=None, metavar="YAML",
+                               help=help_text)
+
+
+def _is_mapping(hint: Any) -> bool:
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(member) is dict or member is dict for member in members)
 
 
 def _overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -295,9 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help()
         return USAGE_ERROR
-    kwargs = {key: value for key, value in args.items() if not key.endswith("command")}
+    kwargs = {key: value for key, value in args.items()
+              if not key.endswith("command") and not key.startswith(SETTING_TEXT)}
     if OVERRIDES in inspect.signature(command.function()).parameters:
-        kwargs[OVERRIDES] = _overrides(extra, parser)
+        kwargs[OVERRIDES] = {**_overrides(extra, parser),
+                             **{key.removeprefix(SETTING_TEXT): value for key, value in args.items()
+                                if key.startswith(SETTING_TEXT) and value is not None}}
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -42,9 +42,11 @@ def test_every_subcommand_explains_every_option(command):
     assert result.returncode == 0, result.stderr
     help_text = " ".join(result.stdout.split())
     _, _, arg_help = _parse_docstring(command.function().__doc__ or "")
-    for name in inspect.signature(command.function()).parameters:
+    for name, parameter in inspect.signature(command.function()).parameters.items():
         if name == "overrides":  # not a flag: any other `--field value` (said in the help's epilog)
             assert "--field value" in help_text
+            continue
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:  # **settings: the config's fields, tested below
             continue
         assert arg_help.get(name), f"{command.name}: no help for {name}"
         flag = name.upper().rstrip("S") if name in command.positional else _flag(name)
@@ -148,3 +150,31 @@ def test_bad_numbers_are_one_line_before_any_work(capsys, tmp_path, args, fragme
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"fsdx {args[0]}") and all(fragment in lines[0] for fragment in fragments), lines[0]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("stage, config_name", [("lora", "LoraTrainConfig"), ("controlnet", "ControlNetTrainConfig"),
+                                                ("base", "BaseTrainConfig")])
+def test_training_options_are_the_config_fields_described_once(stage, config_name):
+    import dataclasses
+    import inspect
+
+    from fashionsd_x.train import config as configs
+    from fashionsd_x.train.config import field_help
+
+    config_class = getattr(configs, config_name)
+    result = fsdx("train", stage, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    helps = field_help(config_class)
+    own = {"data", "base", "lora", "init"}  # parameters of the entry point, with their own help
+    for item in dataclasses.fields(config_class):
+        flag = "--" + item.name.replace("_", "-")
+        assert flag in text, flag
+        if item.name not in own:  # the field's own comment is its help
+            assert " ".join(helps[item.name].split())[:30] in text, item.name
+    # The entry point names its paths and run controls; every setting comes from the config class, not a copy.
+    function = {"lora": "fashionsd_x.train.lora:train_lora", "controlnet": "fashionsd_x.train.controlnet:train_controlnet",
+                "base": "fashionsd_x.train.pretrain:train_base"}[stage]
+    module, _, name = function.partition(":")
+    parameters = set(inspect.signature(getattr(__import__(module, fromlist=[name]), name)).parameters)
+    assert not parameters & {item.name for item in dataclasses.fields(config_class)} - {"data", "base", "lora", "init"}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -138,8 +140,8 @@ class LoraTrainConfig(TrainConfig):
     lora_dropout: float = 0.0  # dropout on the LoRA branch input
     lora_init: str = "default"  # default (B = 0: starts as the base), gaussian, or random (B != 0; tests only)
     train_text_encoder: bool = False  # also adapt the CLIP text encoder's attention
-    text_encoder_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])  # text encoder layers when trained
+    # text encoder layers adapted when train_text_encoder is on
+    text_encoder_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -210,6 +212,26 @@ class ControlNetTrainConfig(TrainConfig):
         return _parsed("sketch_augment", SketchAugment.from_dict, self.sketch_augment)
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """field -> its comment in the config class (or a base class), on its line or on the lines just above it: the
+    help of the CLI's options, so a setting is described once, where it is defined."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        above: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            if comment := re.match(r"\s{4}#\s?(.*)$", line):
+                above.append(comment.group(1).strip())
+                continue
+            if match := re.match(r"\s{4}(\w+): [^#]+?(?:#\s*(.+))?$", line):
+                text = match.group(2) or " ".join(above)
+                if text:
+                    helps[match.group(1)] = text.strip()
+            above = []
+    return helps
+
+
 def _parsed(name: str, parse: Any, values: Any) -> Any:
     try:
         return parse(values)
@@ -221,6 +243,8 @@ def resolve_config(cls: type[C], path: Path | None, overrides: dict[str, str] | 
     """Defaults < YAML file < command line. `explicit` holds named options (None = not given); `overrides` any
     other field by name with YAML-scalar values. Unknown names, wrong types and contradictions raise ConfigError."""
     values = read_yaml(cls, path) if path is not None else {}
+    for name in explicit:
+        _known(cls, name, "argument")
     given = {name: value for name, value in explicit.items() if value is not None}
     for name, text in (overrides or {}).items():
         name = name.lstrip("-").replace("-", "_")

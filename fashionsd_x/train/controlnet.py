@@ -33,13 +33,10 @@ CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetMod
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default sketch-embedding widths (3 stride-2 convs: 8x down)
 
 
-def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/controlnet"), lora: Path | None = None, init: str | None = None,
-                     config: Path | None = None, epochs: int | None = None, max_steps: int | None = None,
-                     batch_size: int | None = None, lr: float | None = None, resolution: int | None = None,
-                     seed: int | None = None, mixed_precision: str | None = None, grad_accum: int | None = None,
-                     checkpoint_every: int | None = None, keep_checkpoints: int | None = None,
-                     resume: str | None = None, validate_every: int | None = None, cache_latents: bool | None = None,
-                     num_processes: int = 1, overrides: dict[str, str] | None = None) -> TrainResult:
+def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/controlnet"),
+                     lora: Path | None = None, init: str | None = None, config: Path | None = None,
+                     resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
+                     **settings: Any) -> TrainResult:
     """Train a ControlNet that steers a Stable Diffusion base with garment sketches (sketch + caption -> image).
 
     OUT is loadable with ControlNetModel.from_pretrained(OUT) (config.json + diffusion_pytorch_model.safetensors)
@@ -56,31 +53,19 @@ def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/c
         lora: a LoRA output folder (of `fsdx train lora` on this base) fused into the frozen UNet first.
         init: ControlNet (hub id or folder) to start from instead of a copy of the base UNet's encoder.
         config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
-        epochs: passes over the train split.
-        max_steps: optimizer steps to train for (overrides epochs).
-        batch_size: samples per process per micro-batch.
-        lr: peak learning rate.
-        resolution: training side in pixels (square).
-        seed: seed of every random draw (same seed, same run).
-        mixed_precision: no, fp16 (CUDA only) or bf16.
-        grad_accum: micro-batches per optimizer step.
-        checkpoint_every: save a resumable checkpoint every this many steps.
-        keep_checkpoints: keep only the newest this many checkpoints.
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        validate_every: make validation images every this many steps (always at the end).
-        cache_latents: encode images and captions once (to OUT/cache) instead of every epoch; much faster.
         num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
         overrides: any other setting by name, values as YAML scalars.
+        settings: any field of ControlNetTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
+            option of the command, with its meaning and default in --help.
     """
-    settings = resolve_config(
+    run_config = resolve_config(
         ControlNetTrainConfig, config, overrides, data=local_source(data), base=local_source(base),
         lora=None if lora is None else local_source(lora), init=None if init is None else local_source(init),
-        epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, seed=seed,
-        mixed_precision=mixed_precision, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, validate_every=validate_every, cache_latents=cache_latents)
-    if settings.sketch is None:  # recorded so generation extracts a photo's sketch as the dataset did
-        settings.sketch = dataset_sketch(Path(data))
-    return train(ControlNetMethod, settings, Path(out), resume, num_processes)
+        **settings)
+    if run_config.sketch is None:  # recorded so generation extracts a photo's sketch as the dataset did
+        run_config.sketch = dataset_sketch(Path(data))
+    return train(ControlNetMethod, run_config, Path(out), resume, num_processes)
 
 
 class ControlNetMethod(Method):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -34,13 +34,9 @@ class LoraMismatchError(ValueError):
     """A LoRA file that does not fit the base it is applied to (another architecture)."""
 
 
-def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"), config: Path | None = None, epochs: int | None = None,
-               max_steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-               resolution: int | None = None, rank: int | None = None, seed: int | None = None,
-               mixed_precision: str | None = None, grad_accum: int | None = None, checkpoint_every: int | None = None,
-               keep_checkpoints: int | None = None, resume: str | None = None, validate_every: int | None = None,
-               cache_latents: bool | None = None, num_processes: int = 1,
-               overrides: dict[str, str] | None = None) -> TrainResult:
+def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"), config: Path | None = None,
+               resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
+               **settings: Any) -> TrainResult:
     """Fine-tune a Stable Diffusion base with LoRA on a garment dataset (image + caption).
 
     OUT gets pytorch_lora_weights.safetensors (diffusers: pipe.load_lora_weights(OUT)), the same LoRA in
@@ -55,29 +51,15 @@ def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"),
             embedded model's base.
         out: output folder.
         config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
-        epochs: passes over the train split.
-        max_steps: optimizer steps to train for (overrides epochs).
-        batch_size: samples per process per micro-batch.
-        lr: peak learning rate.
-        resolution: training side in pixels (square).
-        rank: LoRA rank.
-        seed: seed of every random draw (same seed, same run).
-        mixed_precision: no, fp16 (CUDA only) or bf16.
-        grad_accum: micro-batches per optimizer step.
-        checkpoint_every: save a resumable checkpoint every this many steps.
-        keep_checkpoints: keep only the newest this many checkpoints.
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        validate_every: make validation images every this many steps (always at the end).
-        cache_latents: encode images and captions once (to OUT/cache) instead of every epoch; much faster.
         num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
         overrides: any other setting by name, values as YAML scalars.
+        settings: any field of LoraTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
+            option of the command, with its meaning and default in --help.
     """
-    settings = resolve_config(
-        LoraTrainConfig, config, overrides, data=local_source(data), base=local_source(base), epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, rank=rank, seed=seed,
-        mixed_precision=mixed_precision, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, validate_every=validate_every, cache_latents=cache_latents)
-    return train(LoraMethod, settings, Path(out), resume, num_processes)
+    run_config = resolve_config(
+        LoraTrainConfig, config, overrides, data=local_source(data), base=local_source(base), **settings)
+    return train(LoraMethod, run_config, Path(out), resume, num_processes)
 
 
 class LoraMethod(UNetMethod):

@@ -10,6 +10,7 @@ ControlNet trainers' (train/core.py); the result is a whole diffusers folder, a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base
@@ -20,11 +21,9 @@ from fashionsd_x.train.method import UNetMethod, add_metadata
 from fashionsd_x.train.result import TrainResult
 
 
-def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None, epochs: int | None = None,
-               max_steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-               resolution: int | None = None, seed: int | None = None, mixed_precision: str | None = None,
-               checkpoint_every: int | None = None, resume: str | None = None, cache_latents: bool | None = None,
-               num_processes: int = 1, overrides: dict[str, str] | None = None) -> TrainResult:
+def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None,
+               resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
+               **settings: Any) -> TrainResult:
     """Train every weight of a base's UNet (and its text encoder) on a garment dataset; the VAE stays frozen.
 
     For a base built from random weights (the embedded tiny model's recipe) or a full fine-tune. OUT becomes a
@@ -38,24 +37,15 @@ def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"),
             pretrained VAE; tiny is the embedded model's base.
         out: output folder.
         config: YAML file of settings (an earlier run's train_config.yaml).
-        epochs: passes over the train split.
-        max_steps: optimizer steps to train for (overrides epochs).
-        batch_size: samples per process per micro-batch.
-        lr: peak learning rate.
-        resolution: training side in pixels (square).
-        seed: seed of every random draw (same seed, same run).
-        mixed_precision: no, fp16 (CUDA only) or bf16.
-        checkpoint_every: save a resumable checkpoint every this many steps.
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        cache_latents: encode the images once (to OUT/cache) instead of every epoch; much faster.
         num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
         overrides: any other setting by name, values as YAML scalars.
+        settings: any field of BaseTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
+            option of the command, with its meaning and default in --help.
     """
-    settings = resolve_config(
-        BaseTrainConfig, config, overrides, data=local_source(data), base=local_source(base), epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, lr=lr, resolution=resolution, seed=seed,
-        mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, cache_latents=cache_latents)
-    return train(BaseMethod, settings, Path(out), resume, num_processes)
+    run_config = resolve_config(
+        BaseTrainConfig, config, overrides, data=local_source(data), base=local_source(base), **settings)
+    return train(BaseMethod, run_config, Path(out), resume, num_processes)
 
 
 class BaseMethod(UNetMethod):
