@@ -166,6 +166,8 @@ def build_parser(selected: Command | None = None) -> argparse.ArgumentParser:
     """The `fsdx` parser; only the selected command's stage module is imported (keeps --help fast)."""
     parser = Parser(prog="fsdx", description=_package_doc())
     parser.add_argument("--version", action="version", version=f"fsdx {_version()}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' own notices, warnings and progress bars (anywhere on the line)")
     groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
     for command in COMMANDS:
         *parents, leaf = command.name.split()
@@ -322,12 +324,44 @@ def _version() -> str:
     return __version__
 
 
+VERBOSE_FLAGS = ("--verbose",)  # anywhere on the line: the libraries' own logs, warnings and progress bars too
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' notices, warnings and loading bars (diffusers, transformers, huggingface_hub,
+    datasets, accelerate, peft), so a user sees the project's own progress and results; errors still show."""
+    import logging
+    import warnings
+
+    import datasets
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils
+    import transformers.utils.logging as transformers_logging
+
+    for library in ("diffusers", "transformers", "huggingface_hub", "datasets", "accelerate", "peft", "torch"):
+        logging.getLogger(library).setLevel(logging.ERROR)
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+    for module in ("diffusers", "transformers", "huggingface_hub", "datasets", "accelerate", "peft", "torch"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run the stage function, show its result; expected errors become one line and exit code 2."""
+    """Parse, run the stage function, show its result; expected errors become one line and exit code 2.
+
+    Third-party notices and loading bars are hidden unless --verbose (anywhere on the line) or FSDX_DEBUG=1.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(flag in argv for flag in VERBOSE_FLAGS) or bool(os.environ.get("FSDX_DEBUG"))
+    argv = [token for token in argv if token not in VERBOSE_FLAGS]
     parser = build_parser(select_command(argv))
     namespace, extra = parser.parse_known_args(argv)
     args = vars(namespace)
+    args.pop("verbose", None)  # taken from argv above, wherever it stood
     command: Command | None = args.pop("_command", None)
     if command is None:
         parser.print_help()
@@ -340,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 if key.startswith(SETTING_TEXT) and value is not None}}
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not verbose:
+        quiet_libraries()
     try:
         if command.check:
             _resolve(command.check)(**kwargs)

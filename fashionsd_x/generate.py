@@ -142,8 +142,9 @@ class Generated:
     params: GenerationParams
     sketch: Image.Image | None = None  # the conditioning sketch as the model saw it (after photo extraction)
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write a PNG whose text chunks hold the parameters (JSON and an A1111-style summary)."""
+        path = Path(path)
         info = PngImagePlugin.PngInfo()
         info.add_text(PNG_KEY, json.dumps(asdict(self.params), sort_keys=True))
         info.add_text("parameters", _a1111_line(self.params))

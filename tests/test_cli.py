@@ -178,3 +178,13 @@ def test_training_options_are_the_config_fields_described_once(stage, config_nam
     module, _, name = function.partition(":")
     parameters = set(inspect.signature(getattr(__import__(module, fromlist=[name]), name)).parameters)
     assert not parameters & {item.name for item in dataclasses.fields(config_class)} - {"data", "base", "lora", "init"}
+
+
+def test_generate_shows_the_projects_output_and_no_third_party_noise(tmp_path):
+    sketch = Path(__file__).resolve().parents[1] / "fashionsd_x" / "embedded" / "demo" / "t-shirt.png"
+    common = ["generate", "--prompt", "a plain red t-shirt", "--sketch", str(sketch), "--steps", "1", "--n", "1"]
+    quiet = fsdx(*common, "--out", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "" and "wrote 1 image(s)" in quiet.stdout
+    loud = fsdx(*common, "--out", str(tmp_path / "loud"), "--verbose")  # the libraries' notices come back
+    assert loud.returncode == 0 and ("Loading weights" in loud.stderr or "LoRA keys" in loud.stderr)
