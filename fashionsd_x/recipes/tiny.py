@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.tiny import TinyConfig
 from fashionsd_x.recipes.ship import FINAL_BASE, ship_model
+from fashionsd_x.train.config import BaseTrainConfig, ControlNetTrainConfig, LoraTrainConfig, TrainConfig
 from fashionsd_x.train.vae import REPORT_NAME as VAE_REPORT
 from fashionsd_x.train.vae import VaeTrainConfig
 
@@ -44,6 +45,7 @@ DATA_SPEC_NAME = "recipe_data_spec.json"  # in a dataset's folder: the DataSpec 
 STAGES = ("data", "vae", "base", "refine", "lora", "controlnet", "evaluate")  # in the order they run
 DIGESTS_FORMAT = 2  # recipe_inputs.json: 2 = sha256 of the inputs' content (weights, datasets)
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the LoRA stage's weights, as load_lora_weights reads them
+FOLDER_FIELDS = ("data", "base", "lora", "init")  # config fields the recipe fills with its own folders
 BASE_STAGES = ("vae", "base", "refine")  # what --base-from takes from a finished model instead of training
 BASE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")  # a diffusers base
 
@@ -74,34 +76,34 @@ class RecipeConfig:
     model: TinyConfig = TinyConfig(sample_size=128, unet_channels=(32, 64, 128), vae_channels=(16, 32, 64),
                                    text_hidden=64, text_layers=2, attention_head_dim=8, attention_levels=(2,),
                                    norm_groups=8)
-    base_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 3500, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 250, "snr_gamma": 5.0,
-        "caption_dropout": 0.1, "random_flip": True, "cache_latents": True, "checkpoint_every": 250,
-        "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20})
+    # Each training stage's own typed config (the fields of `fsdx train base|lora|controlnet`); their resolution
+    # is the recipe's, and their data and base are the recipe's folders.
+    base: BaseTrainConfig = field(default_factory=lambda: BaseTrainConfig(
+        max_steps=3500, batch_size=32, lr=5e-4, lr_warmup_steps=250, snr_gamma=5.0, caption_dropout=0.1,
+        random_flip=True, cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8,
+        validation_steps=20))
     # Stage 2 continued with offset noise (fresh optimizer, another seed so the batches differ from stage 2's).
-    refine_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 9000, "batch_size": 32, "lr": 5e-4, "lr_warmup_steps": 100, "snr_gamma": 5.0,
-        "noise_offset": 0.1, "caption_dropout": 0.1, "random_flip": True, "cache_latents": True,
-        "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8, "validation_steps": 20,
-        "seed": 1})
+    refine: BaseTrainConfig = field(default_factory=lambda: BaseTrainConfig(
+        max_steps=9000, batch_size=32, lr=5e-4, lr_warmup_steps=100, snr_gamma=5.0, noise_offset=0.1,
+        caption_dropout=0.1, random_flip=True, cache_latents=True, checkpoint_every=250, keep_checkpoints=2,
+        num_validation_images=8, validation_steps=20, seed=1))
     # LoRA also on the ResNet convolutions and the transformer blocks' projections: the base has never drawn
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
-    lora_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 1000, "batch_size": 16, "lr": 1e-3, "rank": 8, "snr_gamma": 5.0, "noise_offset": 0.1,
-        "random_flip": True,
-        "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2, "num_validation_images": 8,
-        "validation_steps": 20, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
-                                                   "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]})
+    lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(
+        max_steps=1000, batch_size=16, lr=1e-3, rank=8, snr_gamma=5.0, noise_offset=0.1, random_flip=True,
+        cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8, validation_steps=20,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                        "conv1", "conv2"]))
     # Sketches normalised (the default) and, for 70% of samples, redrawn in another style (data.augment), so the
     # ControlNet follows a designer's outline as well as the dataset's own sketches.
-    controlnet_settings: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 5000, "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
-        "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
-        "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}})
+    controlnet: ControlNetTrainConfig = field(default_factory=lambda: ControlNetTrainConfig(
+        max_steps=5000, batch_size=16, lr=2e-4, snr_gamma=5.0, noise_offset=0.1, random_flip=True,
+        caption_dropout=0.1, cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8,
+        validation_steps=20, sketch_augment={"probability": 0.7}))
     # ControlNet steps when it continues from the ControlNet of the model --base-from names (it already follows
     # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
     controlnet_continue_steps: int = 1500
-    seed: int = 0  # weights and every random draw of the training stages
+    seed: int = 0  # the initial weights, the sketch-style benchmark (each training stage has its own seed)
     eval_items: int = 100  # held-out new-collection garments the final evaluation generates per variant
     style_items: int = 12  # sketches per style of the sketch-style benchmark the final evaluation also runs
 
@@ -262,41 +264,41 @@ def _base(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
     _base_init(out, config)
     inputs = {"base_init": out / "base_init", "catalogue_data": out / "catalogue_data"}
-    return _train_stage(out / "base", config.base_settings["max_steps"], inputs, lambda: train_base(
+    return _train_stage(out / "base", config.base.max_steps, inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base_init"), out / "base", resume="latest",
-        overrides=_overrides(config.base_settings, config)))
+        **_settings(config.base, config)))
 
 
 def _refine(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.pretrain import train_base
 
     inputs = {"base": out / "base", "catalogue_data": out / "catalogue_data"}
-    return _train_stage(out / FINAL_BASE, config.refine_settings["max_steps"], inputs, lambda: train_base(
+    return _train_stage(out / FINAL_BASE, config.refine.max_steps, inputs, lambda: train_base(
         out / "catalogue_data", str(out / "base"), out / FINAL_BASE, resume="latest",
-        overrides=_overrides(config.refine_settings, config)))
+        **_settings(config.refine, config)))
 
 
 def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
     from fashionsd_x.train.lora import train_lora
 
     inputs = {FINAL_BASE: out / FINAL_BASE, "collection_data": out / "collection_data"}
-    return _train_stage(out / "lora", config.lora_settings["max_steps"], inputs, lambda: train_lora(
+    return _train_stage(out / "lora", config.lora.max_steps, inputs, lambda: train_lora(
         out / "collection_data", str(out / FINAL_BASE), out / "lora", resume="latest",
-        overrides=_overrides(config.lora_settings, config)))
+        **_settings(config.lora, config)))
 
 
 def _controlnet(out: Path, config: RecipeConfig, init: Path | None = None) -> dict[str, Any]:
     """Stage 5; from INIT (the ControlNet of the model --base-from names) for controlnet_continue_steps when given."""
     from fashionsd_x.train.controlnet import train_controlnet
 
-    settings = dict(config.controlnet_settings)
+    settings = config.controlnet
     if init is not None:
-        settings["max_steps"] = config.controlnet_continue_steps
+        settings = replace(settings, max_steps=config.controlnet_continue_steps)
     inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "collection_data": out / "collection_data",
               **({"init": init} if init is not None else {})}
-    figures = _train_stage(out / "controlnet", settings["max_steps"], inputs, lambda: train_controlnet(
+    figures = _train_stage(out / "controlnet", settings.max_steps, inputs, lambda: train_controlnet(
         out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
-        init=None if init is None else str(init), overrides=_overrides(settings, config)))
+        init=None if init is None else str(init), **_settings(settings, config)))
     return {**figures, **({"continued_from": str(init)} if init is not None else {})}
 
 
@@ -395,10 +397,11 @@ def _train_stage(folder: Path, steps: int, inputs: dict[str, Path], run: Any) ->
     return _read_json(result)
 
 
-def _overrides(settings: dict[str, Any], config: RecipeConfig) -> dict[str, str]:
-    """Settings as the `--name value` overrides the CLI passes (YAML scalars; lists comma-separated)."""
-    values = {"resolution": config.resolution, "seed": config.seed, **settings}
-    return {name: ",".join(value) if isinstance(value, list) else json.dumps(value) for name, value in values.items()}
+def _settings(stage: TrainConfig, config: RecipeConfig) -> dict[str, Any]:
+    """A stage config's fields as the trainer's keyword settings: the recipe's resolution, the recipe's folders
+    (passed separately) left out."""
+    values = {item.name: getattr(stage, item.name) for item in fields(stage) if item.name not in FOLDER_FIELDS}
+    return {**values, "resolution": config.resolution}
 
 
 def _read_record(out: Path) -> dict[str, Any]:

@@ -12,9 +12,10 @@ import yaml
 from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.embedded import embedded_model, size_mb
-from fashionsd_x.train.vae import VaeTrainConfig
-from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, run_recipe
 from fashionsd_x.models.tiny import TinyConfig
+from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, run_recipe
+from fashionsd_x.train.config import BaseTrainConfig, ControlNetTrainConfig, LoraTrainConfig
+from fashionsd_x.train.vae import VaeTrainConfig
 
 FEW = {"max_steps": 2, "batch_size": 4, "cache_latents": True, "num_validation_images": 0, "checkpoint_every": 1,
        "keep_checkpoints": 1}
@@ -23,9 +24,9 @@ MINIATURE = RecipeConfig(
     vae=VaeTrainConfig(resolution=32, block_out_channels=(8, 16), crop=16, batch_size=4, max_steps=2,
                        checkpoint_every=1),
     model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
-    base_settings=dict(FEW), refine_settings={**FEW, "noise_offset": 0.1}, eval_items=2, style_items=1,
-    controlnet_settings={**FEW, "sketch_augment": {"probability": 0.7}},
-    lora_settings={**FEW, "rank": 2, "target_modules": RecipeConfig().lora_settings["target_modules"]})
+    base=BaseTrainConfig(**FEW), refine=BaseTrainConfig(**FEW, noise_offset=0.1), eval_items=2, style_items=1,
+    controlnet=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}),
+    lora=LoraTrainConfig(**FEW, rank=2, target_modules=RecipeConfig().lora.target_modules))
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def test_a_stage_trained_on_retrains_the_stages_after_it(tmp_path):
     run_recipe(MINIATURE, out, stop_after="lora")
     base_written, lora_written = _written(out / "base"), _written(out / "lora")
 
-    longer = dataclasses.replace(MINIATURE, refine_settings={**MINIATURE.refine_settings, "max_steps": 3})
+    longer = dataclasses.replace(MINIATURE, refine=dataclasses.replace(MINIATURE.refine, max_steps=3))
     run_recipe(longer, out, stop_after="lora")
     record = json.loads((out / "recipe.json").read_text())
     assert record["stages"]["refine"]["steps"] == 3  # continued from its checkpoint
