@@ -138,6 +138,15 @@ def whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {shown!r}") from None
 
 
+def boolean(text: str) -> bool:
+    """A boolean option's value: true/false, yes/no, on/off or 1/0."""
+    value = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+             "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 NUMBER_TYPES = {float: finite_float, int: whole_number}  # how an option of a stage parameter's type is parsed
 
 
@@ -237,9 +246,11 @@ def _add_settings(group: Any, config_class: type, function: Callable) -> None:
         kind, is_list, _ = _describe(hints[item.name])
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         help_text = f"{helps.get(item.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help
-        if kind is bool and not is_list:
-            group.add_argument(_flag(item.name), dest=item.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
+        if kind is bool and not is_list:  # --flag, --flag true|false (as before these options), --no-flag
+            group.add_argument(_flag(item.name), dest=item.name, nargs="?", const=True, default=None,
+                               type=boolean, metavar="true|false", help=help_text)
+            group.add_argument("--no-" + _flag(item.name)[2:], dest=item.name, action="store_false",
+                               help=argparse.SUPPRESS)
         elif kind in (int, float, str, Path) and not is_list and not _is_mapping(hints[item.name]):
             group.add_argument(_flag(item.name), dest=item.name, type=NUMBER_TYPES.get(kind, kind), default=None,
                                metavar=item.name.split("_")[-1].upper(), help=help_text)
