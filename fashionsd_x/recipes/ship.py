@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import (
     COMPONENTS,
     CONTROLNET_FILES,
@@ -30,6 +31,7 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     shutil.copy2(recipe / FINAL_BASE / "model_index.json", staging)
     for name in COMPONENTS:
         shutil.copytree(recipe / FINAL_BASE / name, staging / name)
+    standardize_text_encoder(staging)  # a base trained before the standard layout was written is brought to it
     for folder, files in (("lora", LORA_FILES), ("controlnet", CONTROLNET_FILES)):
         (staging / folder).mkdir()
         for name in files:

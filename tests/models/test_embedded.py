@@ -36,7 +36,9 @@ MIN_SILHOUETTE_IOU = 0.85
 MIN_TEXT_ONLY_GAP = 0.4  # sketch-guided IoU minus text-only IoU
 MIN_COLOR_ACCURACY = 0.85  # with the sketch: 11 of 12
 MIN_TEXT_ONLY_COLOR_ACCURACY = 0.8
-MIN_PATTERN_ACCURACY = 0.25
+# Per print asked for (6 prompts each); measured on the shipped weights: dots 3 of 6, checks 1 of 6. A model that
+# prints one pattern on everything scores 0 on the other, and fails.
+MIN_EACH_PATTERN_ACCURACY = 0.15
 
 
 def _asked(prompt: str, names) -> str:
@@ -105,7 +107,11 @@ def test_quality_on_the_demo_sketches(demo_results):
     assert guided_iou - text_iou >= MIN_TEXT_ONLY_GAP, (guided_iou, text_iou)
     assert color_accuracy(guided, colors) >= MIN_COLOR_ACCURACY
     assert color_accuracy([text for *_, text in demo_results], colors) >= MIN_TEXT_ONLY_COLOR_ACCURACY
-    assert pattern_accuracy(guided, patterns) >= MIN_PATTERN_ACCURACY
+    # Each print asked for on its own: a model printing dots on everything scores 0 on the checked prompts (and
+    # the plain prompts of the designers' sketches below), so no single pattern carries the test.
+    by_pattern = {name: pattern_accuracy([image for image, asked in zip(guided, patterns) if asked == name],
+                                         [name] * patterns.count(name)) for name in sorted(set(patterns))}
+    assert min(by_pattern.values()) >= MIN_EACH_PATTERN_ACCURACY, by_pattern
 
 
 # Designers' sketches (the sketch-style benchmark's code, seed 7: items no evaluation in the README used), one
