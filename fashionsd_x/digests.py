@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-CHUNK = 1 << 20
+from fashionsd_x.files import sha256_of
+
 # Files in a model folder that describe a run rather than determine the weights or how they are used.
 IGNORED_FILES = {"train_result.json", "recipe_inputs.json", "README.md", "build_report.json", "train_config.yaml"}
 # Sub-folders of an output folder that hold training by-products, not the model.
@@ -46,14 +47,6 @@ def _write_cache(path: Path, cache: dict[str, dict]) -> None:
         pass
 
 
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_sha256(path: Path | str) -> str:
     """The sha256 (hex) of a file's bytes, cached by resolved path, size and mtime."""
     path = Path(path).resolve()
@@ -63,7 +56,7 @@ def file_sha256(path: Path | str) -> str:
     entry = cache.get(key)
     if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return str(entry["sha256"])
-    value = _hash_file(path)
+    value = sha256_of(path)
     cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": value}
     _write_cache(cache_file, cache)
     return value

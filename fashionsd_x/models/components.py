@@ -8,7 +8,6 @@ import it and neither imports the other's module back.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from fashionsd_x.files import save_safetensors
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H text width; SD 1.x uses CLIP ViT-L's 768
@@ -128,7 +129,4 @@ def standardize_text_encoder(folder: Path) -> Path | None:
     tensors = load_file(str(path))
     renamed = {key if key.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + key: value
                for key, value in tensors.items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(renamed, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
-    return path
+    return save_safetensors(renamed, path, metadata)

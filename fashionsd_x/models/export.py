@@ -5,15 +5,14 @@ from_single_file read); the key renaming is in ldm_keys.py.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel
 from diffusers.utils import convert_state_dict_to_kohya
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from fashionsd_x.files import save_safetensors
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.models.ldm_keys import (
     CLIP_PREFIX,
@@ -140,9 +139,5 @@ def _safetensors_path(path: str | Path) -> Path:
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write the file atomically: a temporary file beside it, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file({key: tensor.detach().contiguous() for key, tensor in tensors.items()}, str(temporary),
-              metadata=metadata)
-    os.replace(temporary, path)
+    save_safetensors({key: tensor.detach().contiguous() for key, tensor in tensors.items()}, path, metadata)

@@ -74,8 +74,7 @@ def unet_key_to_ldm(key: str, layers_per_block: int, up_blocks_with_attention: s
 
 def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
     """A diffusers UNet2DConditionModel state dict in LDM naming (UNet weights keep their shapes)."""
-    if not isinstance(layers_per_block, int):
-        raise ValueError(f"per-block layers_per_block {layers_per_block} has no single-file layout; need one integer")
+    _check_layers_per_block(layers_per_block)
     with_attention = {int(key.split(".")[1]) for key in state_dict if re.match(r"up_blocks\.\d+\.attentions\.", key)}
     return {unet_key_to_ldm(key, layers_per_block, with_attention): tensor for key, tensor in state_dict.items()}
 
@@ -144,8 +143,12 @@ def controlnet_key_to_ldm(key: str, layers_per_block: int, hint_blocks: int) -> 
 
 def controlnet_to_ldm(state_dict: Mapping[str, torch.Tensor], layers_per_block: int) -> dict[str, torch.Tensor]:
     """A diffusers ControlNetModel state dict in the original layout, control_model.* keys."""
-    if not isinstance(layers_per_block, int):
-        raise ValueError(f"per-block layers_per_block {layers_per_block} has no single-file layout; need one integer")
+    _check_layers_per_block(layers_per_block)
     hint_blocks = len({key.split(".")[2] for key in state_dict if key.startswith("controlnet_cond_embedding.blocks.")})
     return {CONTROLNET_PREFIX + controlnet_key_to_ldm(key, layers_per_block, hint_blocks): tensor
             for key, tensor in state_dict.items()}
+
+
+def _check_layers_per_block(layers_per_block: object) -> None:
+    if not isinstance(layers_per_block, int):
+        raise ValueError(f"per-block layers_per_block {layers_per_block} has no single-file layout; need one integer")
