@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 import subprocess
@@ -16,8 +17,9 @@ from PIL import Image, ImageDraw
 
 from fashionsd_x.apps.studio import StudioError, serve_studio
 from fashionsd_x.apps.studio.actions import (Settings, SketchSettings, blank_canvas, canvas_sketch, control_values,
-                                             extract, generated_files, history_rows, load_upload, model_view,
-                                             pick_sketch, reuse, run_generation)
+                                             describe_model, extract, generated_files, history_rows, load_upload,
+                                             model_view, pick_sketch, reuse, run_generation)
+from fashionsd_x.apps.studio.ui import CANVAS
 from fashionsd_x.data.conditioning import SketchConditioning
 from fashionsd_x.data.images import load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
@@ -234,11 +236,24 @@ def test_a_model_without_controlnet_offers_the_prompt_only(tiny_base, tmp_path, 
     demo = build_app(text_only, tmp_path / "out")
     tabs = {block.id: block.visible for block in demo.blocks.values() if type(block).__name__ == "Tab"}
     assert tabs == {"draw": False, "upload": False, "photo": False, "prompt": True}
+    # No sketch can ever reach the model, and there is no LoRA: neither strength slider is offered.
+    sliders = {block.elem_id: block.visible for block in demo.blocks.values() if type(block).__name__ == "Slider"}
+    assert sliders["sketch-strength"] is False and sliders["lora-strength"] is False and sliders["guidance"] is True
     sketch, _ = load_upload(_sketch_file(tmp_path))
     refused = run_generation(text_only, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS), sketch)
     assert "needs a ControlNet" in refused.message and refused.files == []
     done = run_generation(text_only, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS))
     assert done.message == "" and done.history[0].source == "prompt" and read_params(done.files[0]).sketch is None
+
+
+def test_the_header_says_what_the_model_is_and_prints_where_it_came_from(generator, tiny_base):
+    text_only = GarmentGenerator.load(tiny_base, device="cpu")
+    what, loaded = describe_model(generator)
+    assert what == f"base {tiny_base.name} with a LoRA and a ControlNet"  # not "LoRA lora, ControlNet controlnet"
+    assert loaded == [("base", str(tiny_base.resolve())), ("LoRA", generator.lora),
+                      ("ControlNet", generator.controlnet_path)]
+    assert describe_model(text_only) == (f"base {tiny_base.name}, no LoRA or ControlNet (prompt only)",
+                                         [("base", str(tiny_base.resolve()))])
 
 
 def test_cli_help_and_a_taken_port(tmp_path, capsys):
@@ -279,3 +294,105 @@ def test_browser_upload_prompt_generate_download_and_reuse(generator, page, tmp_
         page.get_by_role("tab", name="From photo").click()
         page.locator("#photo-upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
         page.get_by_text("cannot use notes.png: not an image file").first.wait_for(timeout=30_000)  # a toast
+
+
+# Every frame from page load: how often the canvas was on screen, and the most frames in a row it was while Gradio's
+# editor could not take a stroke as drawn (brush not the tool yet, no white sheet, or its zoom still settling).
+WATCH_CANVAS = """window.canvasWatch = {shown: 0, unready: 0}; let streak = 0;
+  const tick = () => { const editor = window.editor, canvas = document.querySelector("#canvas canvas");
+    const shown = canvas && canvas.checkVisibility({visibilityProperty: true}) && canvas.getBoundingClientRect().width;
+    const ready = editor && editor.current_tool === "draw" && editor.background_image
+                  && Math.abs(editor.image_container.scale.x - editor.scale_value) < 1e-3;
+    window.canvasWatch.shown += shown ? 1 : 0;
+    streak = shown && !ready ? streak + 1 : 0;
+    window.canvasWatch.unready = Math.max(window.canvasWatch.unready, streak);
+    requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);"""
+# Every frame, from when it is installed: the most progress texts shown at once, the frames a run was in progress,
+# those of them in which the last run's warning line still showed, and whether a toast from before was gone in one.
+WATCH_PROGRESS = """() => { window.watched = {progress: 0, frames: 0, stale_line: 0, toast_closed: false};
+  const shown = el => el.offsetParent !== null && el.textContent.trim() !== "";
+  const tick = () => { const progress = [...document.querySelectorAll(".progress-text")].filter(shown).length;
+    window.watched.progress = Math.max(window.watched.progress, progress);
+    window.watched.frames += progress ? 1 : 0;
+    if (progress && document.querySelector("#message").textContent.includes("⚠")) window.watched.stale_line += 1;
+    if (progress && ![...document.querySelectorAll(".toast-body")].some(shown)) window.watched.toast_closed = true;
+    requestAnimationFrame(tick); };
+  tick(); }"""
+
+
+def _drag_at_once(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """As soon as the canvas is on screen, drag from `start` to `end` (fractions of it), no tool picked."""
+    canvas = page.locator("#canvas canvas").first
+    canvas.wait_for(timeout=60_000)
+    box = canvas.bounding_box()
+    (x0, y0), (x1, y1) = start, end
+    points = [(box["x"] + box["width"] * (x0 + (x1 - x0) * k / 10),
+               box["y"] + box["height"] * (y0 + (y1 - y0) * k / 10)) for k in range(11)]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point)
+    page.mouse.up()
+
+
+def test_browser_draw_at_once_then_one_progress_and_no_stale_warning(generator, page, tmp_path, one_thread):
+    (tmp_path / "notes.png").write_text("not an image")
+    page.add_init_script(WATCH_CANVAS)
+    with screenshots.serving(generator, tmp_path / "out") as url:
+        page.goto(url)
+        _drag_at_once(page, (0.2, 0.2), (0.3, 0.4))
+        page.locator("#generate").click()  # no prompt yet: the drawing counts, the prompt is what is missing
+        page.locator("#message").get_by_text("prompt is empty").wait_for(timeout=30_000)
+        assert "canvas is blank" not in page.locator("#message").inner_text()
+        page.get_by_label("Clear canvas").click()  # a fresh sheet comes from the server: drawing again at once
+        _drag_at_once(page, (0.6, 0.6), (0.7, 0.8))
+
+        page.locator("#prompt textarea").fill("a red dress")
+        screenshots.set_number(page, "num-images", 2)
+        screenshots.set_number(page, "steps", STEPS)
+        page.get_by_role("tab", name="From photo").click()  # a warning toast, then back to the drawing
+        page.locator("#photo-upload input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+        page.get_by_text("cannot use notes.png").first.wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Draw").click()
+        page.evaluate(WATCH_PROGRESS)
+        page.locator("#generate").click()
+        page.locator("#downloads a").nth(1).wait_for(timeout=60_000)
+        page.wait_for_function("!document.querySelector('#message').textContent.includes('⚠')", timeout=30_000)
+        watched, canvas = page.evaluate("window.watched"), page.evaluate("window.canvasWatch")
+    # Progress shown once (it was on all six outputs); the last run's toast gone during this one, and its warning
+    # line too (it stayed all run long): Gradio renders Markdown asynchronously, so it goes a frame or two late.
+    assert watched["progress"] == 1 and watched["toast_closed"], watched
+    assert watched["stale_line"] < watched["frames"] / 2, watched
+    # The canvas was never on screen while a drag would have been lost ("Preparing the canvas…" instead); the page
+    # checks the editor once a frame, so it may lag a frame behind a change (the Clear button's).
+    assert canvas["shown"] > 0 and canvas["unready"] <= 1, canvas
+    [received] = (tmp_path / "out").rglob("sketch.png")
+    rows, columns = np.nonzero(np.asarray(Image.open(received).convert("L")) < 128)
+    assert min(columns.min(), rows.min()) > 0.55 * CANVAS  # the second stroke only: the first was cleared
+
+
+def test_browser_upload_fills_its_panel_and_prompt_only_disables_the_sketch_strength(generator, page, tmp_path):
+    sketch = Image.new("L", (128, 128), 255)
+    ImageDraw.Draw(sketch).rectangle((16, 16, 111, 111), outline=0, width=2)  # 96 of the 128 px: 0.75
+    sketch.save(tmp_path / "small.png")
+    strength = page.locator("#sketch-strength input[type=range]")
+    with screenshots.serving(generator, tmp_path / "out") as url:
+        page.goto(url)
+        assert strength.is_enabled()
+        page.get_by_role("tab", name="Prompt only").click()
+        page.wait_for_function("document.querySelector('#sketch-strength input[type=range]').disabled",
+                               timeout=30_000)
+        page.get_by_role("tab", name="Upload sketch").click()
+        page.wait_for_function("!document.querySelector('#sketch-strength input[type=range]').disabled",
+                               timeout=30_000)
+        page.locator("#sketch-upload input[type=file]").set_input_files(str(tmp_path / "small.png"))
+        shown = page.locator("#sketch-preview img")
+        shown.wait_for(timeout=30_000)
+        page.wait_for_function("document.querySelector('#sketch-preview img').complete", timeout=30_000)
+        panel = page.locator("#sketch-preview").bounding_box()
+        on_screen = np.asarray(Image.open(io.BytesIO(shown.screenshot())).convert("L"))
+    rows, columns = np.nonzero(on_screen < 128)
+    drawn = min(columns.max() - columns.min(), rows.max() - rows.min())
+    # Scaled to fit the panel (300 px high, less its label), not shown at its own 128 px (96 px drawn).
+    assert drawn >= 0.75 * 0.9 * min(panel["width"], panel["height"] - 40), (drawn, panel)

@@ -23,6 +23,7 @@ from fashionsd_x.data.conditioning import BlankSketchError, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, Generated, GenerationError, check_float, check_int, check_settings
+from fashionsd_x.models.embedded import EMBEDDED_DIR
 
 Source = Literal["draw", "upload", "photo", "prompt"]  # where the sketch comes from; prompt: text only
 SOURCES: tuple[Source, ...] = ("draw", "upload", "photo", "prompt")
@@ -112,6 +113,37 @@ class Outcome:
     message: str
     notes: tuple[str, ...] = ()
     seen: Image.Image | None = None  # Generated.sketch: the conditioning, black on white; None for text only
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+def describe_model(generator: GarmentGenerator) -> tuple[str, list[tuple[str, str]]]:
+    """What the studio runs, in a designer's words, and where each part was loaded from ((part, path) pairs).
+
+    E.g. "the embedded tiny FashionSD-X model: base + LoRA + ControlNet", or "base runwayml/stable-diffusion-v1-5
+    with a LoRA and a ControlNet". Folder names say little ("lora", "controlnet"): the paths are the fine print.
+    """
+    base = generator.base
+    loaded = [(part, path) for part, path in (("base", base.source), ("LoRA", generator.lora),
+                                              ("ControlNet", generator.controlnet_path)) if path]
+    embedded_base = base.kind != "hub" and _is_embedded(base.source)
+    if embedded_base and all(_is_embedded(path) for _, path in loaded):
+        return f"the embedded tiny FashionSD-X model: {' + '.join(part for part, _ in loaded)}", loaded
+    name = base.source if base.kind == "hub" else Path(base.source).name
+    text = "the embedded tiny FashionSD-X base" if embedded_base else f"base {name}"
+    extras = [part for part, _ in loaded[1:]]
+    if extras:
+        text += " with " + " and ".join(f"a {part}" for part in extras)
+    if "ControlNet" not in extras:
+        text += ", no ControlNet (prompt only)" if extras else ", no LoRA or ControlNet (prompt only)"
+    elif "LoRA" not in extras:
+        text += ", no LoRA"
+    return text, loaded
+
+
+def _is_embedded(path: str) -> bool:
+    return Path(path).resolve().is_relative_to(EMBEDDED_DIR.resolve())
 
 
 # ---------------------------------------------------------------------------------------------- sketches

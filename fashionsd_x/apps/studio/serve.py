@@ -71,9 +71,11 @@ def serve_studio(
 
 
 def launch_options(out: Path, host: str, port: int) -> dict[str, Any]:
-    """Keyword arguments of `Blocks.launch` for a studio writing under `out`."""
+    """Keyword arguments of `Blocks.launch` for a studio writing under `out` (the page's CSS and JS included)."""
+    from fashionsd_x.apps.studio.ui import PAGE_CSS, PAGE_JS
+
     return dict(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, allowed_paths=[str(out)],
-                ssr_mode=False, show_error=False)
+                ssr_mode=False, show_error=False, css=PAGE_CSS, js=PAGE_JS)
 
 
 def check_port(host: str, port: int) -> None:

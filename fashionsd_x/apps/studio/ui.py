@@ -2,12 +2,13 @@
 then the history.
 
 Only layout and wiring live here; what each control does is in actions.py. A user's mistake becomes a warning
-toast (and, for Generate, a line under the button), never a traceback; per-session state (the sketch source,
+toast (for Generate, a line under the button instead), never a traceback; per-session state (the sketch source,
 the history) is held in gr.State, so two designers on one studio never see each other's work.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,32 +16,67 @@ import gradio as gr
 from PIL import Image
 
 from fashionsd_x.apps.studio.actions import (HISTORY_HEADERS, MAX_IMAGES, MAX_SEED, MAX_STEPS, HistoryEntry,
-                                             Settings, SketchSettings, blank_canvas, control_values, extract,
-                                             history_rows, load_upload, model_view, pick_sketch, reuse,
+                                             Settings, SketchSettings, blank_canvas, control_values, describe_model,
+                                             extract, history_rows, load_upload, model_view, pick_sketch, reuse,
                                              run_generation)
 from fashionsd_x.data.images import IMAGE_EXTENSIONS
 from fashionsd_x.data.sketch import SKETCH_METHODS
 from fashionsd_x.generate import SCHEDULERS, GarmentGenerator, read_params
 
+SKETCH_STRENGTH = [field.name for field in fields(Settings)].index("controlnet_scale")  # its slider in the controls
 TAB_LABELS = {"draw": "Draw", "upload": "Upload sketch", "photo": "From photo", "prompt": "Prompt only"}
 CANVAS = 512  # drawing canvas side in pixels; the sketch is resized to the model's resolution like any other
 PREVIEW = 384  # a sketch preview smaller than this is enlarged (nearest: the model's pixels stay visible)
 BRUSH_SIZE = 4  # Gradio's brush size is a radius: lines 8 px wide on the 512 px canvas, 2 px at 128
 MODEL_VIEW_HINT = "What the model receives from the sketch shows here (a drawing's, once generated)."
+READY = "fsdx-ready"  # class of the canvas block once Gradio's editor can take a stroke
+
+# Passed to `launch` (Gradio 6 takes the page's CSS and JavaScript there). Sketches and model views fill their
+# panel whatever their size: Gradio shows an image at most at its own size, so a 128 px upload came out tiny.
+PAGE_CSS = f"""
+#canvas:not(.{READY}) canvas {{ visibility: hidden; }}
+#canvas:not(.{READY})::after {{ content: "Preparing the canvas…"; position: absolute; top: 45%; left: 0; right: 0;
+    text-align: center; color: var(--body-text-color-subdued); pointer-events: none; }}
+#sketch-preview img, #photo-sketch img, #model-view img {{ width: 100%; height: 100%; object-fit: contain; }}
+#photo-sketch img, #model-view img {{ image-rendering: pixelated; }}
+#model-sources {{ font-size: var(--text-sm); color: var(--body-text-color-subdued); }}
+"""
+
+# The canvas shows ("Preparing the canvas…" until then) once Gradio's editor can take a stroke: before its brush is
+# set a drag draws nothing, and while its white sheet arrives the zoom resets, so a stroke then lands scaled. A
+# cleared canvas waits for its new sheet the same way. The state is read from window.editor (Gradio 6.x's editor);
+# an editor without those fields is shown at once.
+PAGE_JS = f"""() => {{
+  const ready = (box, editor) => {{
+    if (!box.querySelector("canvas")) return false;
+    if (!editor || !("scale_value" in editor)) return true;
+    if (!editor.background_image || !editor.current_tool || !editor.image_container) return false;
+    const settled = Math.abs(editor.image_container.scale.x - editor.scale_value) < 1e-3;
+    return settled || box.classList.contains("{READY}");  // once shown, a user's zoom never hides it
+  }};
+  const watch = () => {{
+    const box = document.getElementById("canvas");
+    if (box) box.classList.toggle("{READY}", ready(box, window.editor));
+    requestAnimationFrame(watch);
+  }};
+  watch();
+}}"""
+
+CLEAR_WARNINGS = """() => { document.querySelectorAll(".toast-close").forEach(close => close.click()); return ""; }"""
 
 
 def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
     """The studio page for `generator`, writing generated PNGs under `out`; not launched."""
     has_controlnet = generator.control_pipe is not None
     with gr.Blocks(title="FashionSD-X Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
-        gr.Markdown(_header(generator))
+        _header(generator)
         source = gr.State("draw" if has_controlnet else "prompt")
         history = gr.State([])
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 sketch_inputs = _sketch_tabs(source, has_controlnet, generator.resolution)
             with gr.Column(scale=4):
-                controls = _settings_controls()
+                controls = _settings_controls(has_controlnet, generator.lora is not None)
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown(elem_id="message")
         with gr.Row():
@@ -59,19 +95,22 @@ def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
                        [gallery, files, history, table, message, seen, seen_note])
         _wire_model_view(generator, sketch_inputs, [seen, seen_note])
         _wire_reuse(table, history, controls, sketch_inputs, source, [gallery, files, message])
+        for name, tab in sketch_inputs["tab_items"].items():
+            tab.select(lambda name=name: (name, _sketch_strength(name)), None, [source, controls[SKETCH_STRENGTH]],
+                       queue=False)
     return demo
 
 
-def _header(generator: GarmentGenerator) -> str:
-    parts = [f"model **{Path(generator.base.source).name}**"]
-    parts += [f"LoRA **{Path(generator.lora).name}**"] if generator.lora else []
-    parts += [f"ControlNet **{Path(generator.controlnet_path).name}**"] if generator.controlnet_path else []
-    return (f"# FashionSD-X Studio\nSketch + text → garment ({', '.join(parts)}, {generator.resolution} px). "
-            "Draw or upload a sketch (or a garment photo), describe the garment, generate.")
+def _header(generator: GarmentGenerator) -> None:
+    """The title, what the model is in words, and where its parts were loaded from in small print."""
+    what, loaded = describe_model(generator)
+    gr.Markdown(f"# FashionSD-X Studio\nSketch + text → garment with **{what}** ({generator.resolution} px). "
+                "Draw or upload a sketch (or a garment photo), describe the garment, generate.", elem_id="header")
+    gr.Markdown(" · ".join(f"{part}: `{path}`" for part, path in loaded), elem_id="model-sources")
 
 
 def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dict[str, Any]:
-    """The four sketch sources as tabs; selecting a tab makes it the one Generate uses."""
+    """The four sketch sources as tabs; build_app makes the one selected the one Generate uses."""
     inputs: dict[str, Any] = {}
     with gr.Tabs(selected=source.value) as tabs:
         with gr.Tab(TAB_LABELS["draw"], id="draw", visible=has_controlnet) as draw:
@@ -88,13 +127,17 @@ def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dic
             inputs.update(_photo_controls(resolution))
         with gr.Tab(TAB_LABELS["prompt"], id="prompt") as prompt_only:
             gr.Markdown("No sketch: the garment is generated from the prompt alone.")
-    for tab, name in ((draw, "draw"), (upload, "upload"), (photo, "photo"), (prompt_only, "prompt")):
-        tab.select(lambda name=name: name, None, source, queue=False)
     inputs["tabs"] = tabs
+    inputs["tab_items"] = {"draw": draw, "upload": upload, "photo": photo, "prompt": prompt_only}
     inputs["upload"].change(_preview_upload, inputs["upload"], [inputs["upload_preview"]])
     # Clearing empties the editor, which then drops the brush (see blank_canvas): a fresh sheet brings it back.
     inputs["canvas"].clear(lambda: blank_canvas(CANVAS), None, inputs["canvas"], queue=False)
     return inputs
+
+
+def _sketch_strength(source: str, **update: Any) -> gr.Slider:
+    """The sketch strength slider for a sketch source: live only when there is a sketch for it to weigh."""
+    return gr.Slider(interactive=source != "prompt", **update)
 
 
 def _upload(label: str, elem_id: str) -> gr.File:
@@ -119,8 +162,8 @@ def _photo_controls(resolution: int) -> dict[str, Any]:
     return controls
 
 
-def _settings_controls() -> list[Any]:
-    """The generation controls in Settings field order."""
+def _settings_controls(has_controlnet: bool, has_lora: bool) -> list[Any]:
+    """The generation controls in Settings field order; a strength with nothing to act on is not shown."""
     prompt = gr.Textbox(label="Prompt", placeholder="a red striped t-shirt", lines=2, elem_id="prompt")
     negative = gr.Textbox(label="Negative prompt", placeholder="blurry, low quality", elem_id="negative")
     with gr.Row():
@@ -129,8 +172,9 @@ def _settings_controls() -> list[Any]:
     with gr.Row():
         guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
         sketch_strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Sketch strength",
-                                    elem_id="sketch-strength")
-        lora_strength = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="LoRA strength", elem_id="lora-strength")
+                                    elem_id="sketch-strength", visible=has_controlnet, interactive=has_controlnet)
+        lora_strength = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="LoRA strength", elem_id="lora-strength",
+                                  visible=has_lora)
     with gr.Row():
         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
         scheduler = gr.Dropdown(list(SCHEDULERS), value="unipc", label="Sampler", elem_id="scheduler")
@@ -139,6 +183,7 @@ def _settings_controls() -> list[Any]:
 
 def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, source: gr.State,
                    sketch_inputs: dict[str, Any], controls: list[Any], history: gr.State, outputs: list[Any]) -> None:
+    """Generate on a click: the last run's message goes at once, progress shows once (on the gallery)."""
     sketch_parts = [sketch_inputs[name] for name in ("canvas", "upload", "photo", "method", "block_size", "offset")]
 
     def generate(source_name, canvas, upload, photo, method, block_size, offset, history_value, *values,
@@ -154,21 +199,23 @@ def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, so
                                  sketch_settings, lambda fraction, text: progress(fraction, desc=text))
         if outcome.message:
             return _failed(outcome.message, outcome.history)
-        for note in outcome.notes:
-            gr.Info(note)
         rows = history_rows(outcome.history)
         seen_note = ("What the model received for these garments." if outcome.seen
                      else "Prompt only: the model got no sketch.")
         return (_captioned(outcome.files), _paths(outcome.files), outcome.history, rows, "  \n".join(outcome.notes),
                 _enlarged(outcome.seen), seen_note)
 
-    button.click(generate, [source, *sketch_parts, history, *controls], outputs, concurrency_limit=1,
-                 concurrency_id="generator")
+    gallery, message = outputs[0], outputs[4]
+    # The last run's warnings go in the page itself (its toasts closed, its line emptied): a round trip to the
+    # server would show its own progress over the old warning.
+    started = button.click(None, None, message, js=CLEAR_WARNINGS)
+    started.then(generate, [source, *sketch_parts, history, *controls], outputs, concurrency_limit=1,
+                 concurrency_id="generator", show_progress_on=[gallery])
 
 
 def _failed(message: str, history: list[HistoryEntry]) -> tuple:
-    """Outputs of a Generate that did not run: the gallery, downloads and model view kept, the message shown."""
-    gr.Warning(message)
+    """Outputs of a Generate that did not run: the gallery, downloads and model view kept, the message shown under
+    the button just clicked (no toast besides: one warning, in one place)."""
     return gr.skip(), gr.skip(), history, history_rows(history), f"⚠️ {message}", gr.skip(), gr.skip()
 
 
@@ -208,11 +255,13 @@ def _wire_reuse(table: gr.Dataframe, history: gr.State, controls: list[Any], ske
             return tuple(gr.skip() for _ in targets)
         # The sketch used goes back through the upload tab (a photo's sketch too), so a rerun sees the same one.
         tab = "upload" if entry.sketch is not None else "prompt"
-        return (*control_values(entry), gr.Tabs(selected=tab), tab,
+        values = list(control_values(entry))
+        values[SKETCH_STRENGTH] = _sketch_strength(tab, value=entry.settings.controlnet_scale)
+        return (*values, gr.Tabs(selected=tab), tab,
                 str(entry.sketch) if entry.sketch else gr.skip(), _captioned(entry.files),
                 _paths(entry.files), f"Settings of run {event.index[0] + 1} restored.")
 
-    table.select(restore, history, targets)
+    table.select(restore, history, targets, show_progress="hidden")
 
 
 def _preview_upload(path: str | None):
