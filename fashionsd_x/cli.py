@@ -74,6 +74,9 @@ COMMANDS = (
     Command("evaluate", "fashionsd_x.evaluate.protocol:evaluate",
             "evaluate vanilla SD, LoRA and LoRA + ControlNet with the paper's metrics", (),
             "fashionsd_x.cli_show:evaluate", "fashionsd_x.cli:check_generation_settings"),
+    Command("ablate", "fashionsd_x.recipes.ablate:ablate",
+            "train and evaluate on nested subsets of the data: how results grow with data size and diversity", (),
+            "fashionsd_x.recipes.ablate:show"),
     Command("studio", "fashionsd_x.apps.studio:serve_studio", "serve FashionSD-X Studio, the designers' web app",
             (), "fashionsd_x.apps.studio:show"),
     Command("study create", "fashionsd_x.apps.study.create:create_study",
@@ -92,6 +95,9 @@ COMMANDS = (
 
 # Options whose spelling on the command line differs from the parameter name.
 FLAG_NAMES = {"num": "--num", "sketch_method": "--sketch-method", "evaluation": "--from"}
+# List options given once per item (`--sweep a=1,2 --sweep b=3`): each value is itself a list, so a space-separated
+# run of values would read as one setting's.
+REPEATED = {"sweep"}
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -217,7 +223,9 @@ def _add_parameters(parser: argparse.ArgumentParser, function: Callable, positio
                                 default=False if required else parameter.default, help=help_text)
             continue
         options: dict[str, Any] = {"type": NUMBER_TYPES.get(kind, kind), "help": help_text, "choices": choices}
-        if is_list:
+        if is_list and name in REPEATED:
+            options["action"] = "append"
+        elif is_list:
             options["nargs"] = "+"
         if name in positional:
             parser.add_argument(name, metavar=name.upper().rstrip("S") if is_list else name.upper(), **options)

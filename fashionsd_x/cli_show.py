@@ -69,6 +69,8 @@ def evaluate(result: Any) -> int:
         return 0
     print((result.out / "metrics.md").read_text(encoding="utf-8"))
     print(f"wrote {result.out / 'metrics.json'}, {result.out / 'metrics.md'} and {result.out / 'report.html'}")
+    if (result.out / "sweep.png").is_file() and "sweep" in result.metrics:
+        print(f"sweep: the sketch-vs-text trade-off in {result.out / 'sweep.png'}, images under {result.out / 'sweep'}")
     return 0
 
 

@@ -58,6 +58,9 @@ SETTINGS_RANGES: dict[str, tuple[bool, float, float]] = {
     "guidance_scale": (False, 0.0, 100.0),
     "controlnet_scale": (False, 0.0, 10.0),
     "lora_scale": (False, -10.0, 10.0),  # negative: steer away from the LoRA's style
+    # The part of the denoising during which the sketch acts, as fractions of the steps (start < end, see below).
+    "control_start": (False, 0.0, 1.0),
+    "control_end": (False, 0.0, 1.0),
 }
 
 
@@ -89,7 +92,8 @@ def check_settings(**settings: Any) -> dict[str, int | float]:
     """The generation numbers given (names of SETTINGS_RANGES; None means "the default" and is left out),
     checked and converted; the CLI, the Python API, batch files and the studio all check with this.
 
-    Image k of a call uses seed + k, so the last seed must be in range too.
+    Image k of a call uses seed + k, so the last seed must be in range too. The sketch's span must not be empty:
+    control_start < control_end, the one not given taking its default (0 and 1).
     """
     checked: dict[str, int | float] = {}
     for name, value in settings.items():
@@ -100,6 +104,11 @@ def check_settings(**settings: Any) -> dict[str, int | float]:
     if "seed" in checked and checked["seed"] + checked.get("num_images", 1) - 1 > MAX_SEED:
         raise GenerationError(f"seed + num_images - 1 must be at most {MAX_SEED} (image k uses seed + k), got "
                               f"seed {checked['seed']} with {checked['num_images']} images")
+    if "control_start" in checked or "control_end" in checked:
+        start, end = checked.get("control_start", 0.0), checked.get("control_end", 1.0)
+        if not start < end:
+            raise GenerationError(f"control_start must be less than control_end (the sketch acts from that fraction "
+                                  f"of the denoising to this one), got {start:g} and {end:g}")
     return checked
 
 
@@ -113,6 +122,8 @@ class GenerationParams:
     steps: int = 20  # denoising steps
     guidance_scale: float = 7.5  # classifier-free guidance weight
     controlnet_scale: float = 1.0  # ControlNet residual weight (sketch strength)
+    control_start: float = 0.0  # fraction of the denoising at which the sketch starts to act
+    control_end: float = 1.0  # fraction at which it stops (diffusers' control_guidance_start/end)
     lora_scale: float = 1.0  # LoRA weight fused into the UNet
     scheduler: str = "unipc"  # one of SCHEDULERS
     resolution: int = 512  # square output side in pixels
@@ -131,7 +142,8 @@ class GenerationParams:
         if self.scheduler not in SCHEDULERS:
             raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         check_settings(seed=self.seed, steps=self.steps, guidance_scale=self.guidance_scale,
-                       controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution)
+                       controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution,
+                       control_start=self.control_start, control_end=self.control_end)
 
 
 @dataclass
@@ -249,8 +261,10 @@ class GarmentGenerator:
                  photo: str | Path | Image.Image | None = None, negative_prompt: str = "", num_images: int = 1,
                  steps: int = 20, guidance_scale: float = 7.5, controlnet_scale: float = 1.0,
                  lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
-                 resolution: int | None = None) -> list[Generated]:
-        """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet.
+                 resolution: int | None = None, control_start: float = 0.0,
+                 control_end: float = 1.0) -> list[Generated]:
+        """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet, and acts from the
+        fraction `control_start` of the denoising steps to `control_end` (0 and 1: all of them).
 
         Every number is checked (`check_settings`) before anything runs: a NaN or an out-of-range value is a
         GenerationError, never a silently clipped setting or a black image."""
@@ -258,7 +272,7 @@ class GarmentGenerator:
             raise GenerationError("give a sketch or a photo, not both")
         checked = check_settings(num_images=num_images, steps=steps, guidance_scale=guidance_scale,
                                  controlnet_scale=controlnet_scale, lora_scale=lora_scale, seed=seed,
-                                 resolution=resolution)
+                                 resolution=resolution, control_start=control_start, control_end=control_end)
         num_images, steps, seed = checked["num_images"], checked["steps"], checked["seed"]
         guidance_scale, controlnet_scale = checked["guidance_scale"], checked["controlnet_scale"]
         lora_scale = checked.get("lora_scale")
@@ -268,7 +282,7 @@ class GarmentGenerator:
                                                           resolution)
         params = GenerationParams(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
-            controlnet_scale=controlnet_scale,
+            controlnet_scale=controlnet_scale, control_start=checked["control_start"], control_end=checked["control_end"],
             lora_scale=self.default_lora_scale if lora_scale is None else lora_scale,
             scheduler=scheduler, resolution=resolution, sketch=source, sketch_sha256=digest,
             from_photo=photo is not None, sketch_config=self.sketch_config.to_dict(), model=self.base.source,
@@ -308,8 +322,10 @@ class GarmentGenerator:
             width=params.resolution, latents=latents.to(self.device, self.dtype), generator=generators,
             output_type="np")
         if conditioning is not None:
+            # Start 0 and end 1 are diffusers' own defaults: every step keeps the sketch, as before these options.
             kwargs.update(image=conditioning.unsqueeze(0).expand(count, -1, -1, -1).to(self.device, self.dtype),
-                          controlnet_conditioning_scale=params.controlnet_scale)
+                          controlnet_conditioning_scale=params.controlnet_scale,
+                          control_guidance_start=params.control_start, control_guidance_end=params.control_end)
         with torch.inference_mode():
             pixels = pipe(**kwargs).images
         # As "pil" would, but checked first: NaN pixels become 0 in the uint8 cast, a black image that looks valid.
@@ -478,7 +494,8 @@ def _a1111_line(params: GenerationParams) -> str:
     parts.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance_scale}, "
                  f"Seed: {params.seed}, Size: {params.resolution}x{params.resolution}, Model: {params.model}"
                  + (f", LoRA: {params.lora} ({params.lora_scale})" if params.lora else "")
-                 + (f", ControlNet: {params.controlnet} ({params.controlnet_scale})" if params.controlnet else ""))
+                 + (f", ControlNet: {params.controlnet} ({params.controlnet_scale}), Guidance Start: "
+                    f"{params.control_start}, Guidance End: {params.control_end}" if params.controlnet else ""))
     return "\n".join(parts)
 
 
@@ -513,12 +530,15 @@ def generate(
     resolution: int | None = None,
     out: Path = Path("outputs/generations"),
     batch: Path | None = None,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
 ) -> GenerationRun:
     """Generate garment images from a prompt and an optional sketch (or a photo to extract one from).
 
     Writes OUT/<item>_<seed>.png (each PNG's text chunks hold every parameter needed to reproduce it) and
     appends one line per image to OUT/generations.jsonl. With --batch, every line of a JSONL file is an item
-    ({"prompt": ..., "sketch": ..., and optionally "photo", "negative_prompt", "seed", "n"}); bad lines are
+    ({"prompt": ..., "sketch": ..., and optionally "photo", "negative_prompt", "seed", "n", "control_start",
+    "control_end"}); bad lines are
     skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items. Every
     input is checked before the model loads; a refused run writes nothing.
 
@@ -541,14 +561,20 @@ def generate(
         resolution: output side in pixels, up to 2048 (default: the base's native size).
         out: output folder (made when the first image is written).
         batch: JSONL file of items to generate in one run.
+        control_start: fraction of the denoising steps after which the sketch starts to act, 0 to 1 (0: from the
+            first step).
+        control_end: fraction of the denoising steps after which the sketch stops acting, above --control-start,
+            up to 1 (1: to the last step; lower: the sketch sets the shape early, the prompt finishes the details).
     """
     # 1. Every input is checked before a model is loaded or a file is written: a rejected run leaves nothing.
     shared = check_settings(num_images=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                            controlnet_scale=controlnet_scale, lora_scale=lora_scale, resolution=resolution)
+                            controlnet_scale=controlnet_scale, lora_scale=lora_scale, resolution=resolution,
+                            control_start=control_start, control_end=control_end)
     if scheduler not in SCHEDULERS:
         raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     out = _check_out(Path(out))
-    items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch)
+    span = {"control_start": shared["control_start"], "control_end": shared["control_end"]}
+    items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch, span)
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
@@ -565,7 +591,8 @@ def generate(
                 results = generator(item["prompt"], sketch=item.get("sketch"), photo=item.get("photo"),
                                     negative_prompt=item.get("negative_prompt", ""), num_images=item["n"],
                                     steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale,
-                                    seed=item["seed"], scheduler=scheduler, resolution=resolution)
+                                    seed=item["seed"], scheduler=scheduler, resolution=resolution,
+                                    control_start=item["control_start"], control_end=item["control_end"])
             except GenerationError as error:
                 if batch is None:
                     raise
@@ -579,8 +606,9 @@ def generate(
 
 
 def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative_prompt: str, n: int, seed: int,
-           batch: Path | None) -> tuple[list[dict], list[dict]]:
-    """The items to generate and the batch lines skipped; --n and --seed are the defaults of batch lines."""
+           batch: Path | None, span: dict[str, float]) -> tuple[list[dict], list[dict]]:
+    """The items to generate and the batch lines skipped; --n, --seed and the sketch's span (--control-start,
+    --control-end) are the defaults of batch lines."""
     if batch is None:
         if not prompt:
             raise GenerationError("give --prompt (or --batch FILE.jsonl)")
@@ -591,7 +619,7 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
             if path is not None and not Path(path).is_file():
                 raise GenerationError(f"{name} not found: {path}")
         return [{"prompt": prompt, "sketch": sketch, "photo": photo, "negative_prompt": negative_prompt,
-                 "n": n, "seed": seed}], []
+                 "n": n, "seed": seed, **span}], []
     if not Path(batch).is_file():
         raise GenerationError(f"batch file not found: {batch}")
     items, skipped = [], []
@@ -599,23 +627,24 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
         if not line.strip():
             continue
         try:
-            items.append({**_batch_item(json.loads(line), negative_prompt, n, seed), "line": number})
+            items.append({**_batch_item(json.loads(line), negative_prompt, n, seed, span), "line": number})
         except (ValueError, TypeError, RecursionError) as error:  # GenerationError and JSONDecodeError included
             skipped.append({"line": number, "reason": f"bad batch line: {' '.join(str(error).split())}"})
     return items, skipped
 
 
-def _batch_item(row: Any, negative_prompt: str, n: int, seed: int) -> dict:
+def _batch_item(row: Any, negative_prompt: str, n: int, seed: int, span: dict[str, float]) -> dict:
     """One batch line as an item; its numbers go through the same checks as the command line's."""
     if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
         raise ValueError("needs a non-empty prompt")
     for name in ("sketch", "photo"):
         if not isinstance(row.get(name), (str, type(None))):
             raise ValueError(f"{name} must be a path (a string), got {row[name]!r}")
-    counts = check_settings(num_images=row.get("n", n), seed=row.get("seed", seed))
+    counts = check_settings(num_images=row.get("n", n), seed=row.get("seed", seed),
+                            **{name: row.get(name, default) for name, default in span.items()})
     return {"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
             "negative_prompt": str(row.get("negative_prompt", negative_prompt)), "n": counts["num_images"],
-            "seed": counts["seed"]}
+            "seed": counts["seed"], **{name: counts[name] for name in span}}
 
 
 def _check_out(out: Path) -> Path:

@@ -132,6 +132,12 @@ BAD_NUMBERS = [  # (arguments, what the one line says); {file} is an existing fi
     (["evaluate", "--data", "{tmp}/nowhere", "--limit", "0"], ["--limit must be at least 1"]),
     (["evaluate", "--data", "{tmp}/nowhere", "--guidance-scale", "1000"], ["guidance_scale", "0 to 100"]),
     (["evaluate", "--data", "{tmp}/nowhere", "--seed", "-3"], ["seed must be"]),
+    (["generate", "--control-end", "1.5"], ["control_end must be a finite number from 0 to 1"]),
+    (["generate", "--control-start", "0.7", "--control-end", "0.3"], ["control_start must be less than control_end"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--control-start", "nan"], ["--control-start", "finite"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--sweep", "strength=1,2"], ["unknown setting 'strength'"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--sweep", "control_end=0.5,2"], ["--sweep control_end", "0 to 1"]),
+    (["evaluate", "--data", "{tmp}/nowhere", "--sweep", "lora_scale=1", "--sweep", "lora_scale=2"], ["given twice"]),
     (["demo", "--steps", str(2**63)], ["steps must be"]),
     (["data", "synth", "--out", "{tmp}/s", "--num", str(2**64)], ["--num must be a whole number from -2^63 to 2^63-1"]),
     (["data", "build", "--source", "folder", "--root", "x", "--out", "{tmp}/d", "--resolution", "nan"],
@@ -188,3 +194,14 @@ def test_generate_shows_the_projects_output_and_no_third_party_noise(tmp_path):
     assert quiet.stderr.strip() == "" and "wrote 1 image(s)" in quiet.stdout
     loud = fsdx(*common, "--out", str(tmp_path / "loud"), "--verbose")  # the libraries' notices come back
     assert loud.returncode == 0 and ("Loading weights" in loud.stderr or "LoRA keys" in loud.stderr)
+
+
+def test_sweep_is_repeatable_and_each_one_keeps_its_values():
+    from fashionsd_x.cli import build_parser, select_command
+
+    argv = ["evaluate", "--data", "d", "--sweep", "controlnet_scale=0.5,1", "--sweep", "control_end=0.6,1",
+            "--control-start", "0.1"]
+    args = build_parser(select_command(argv)).parse_args(argv)
+    assert args.sweep == ["controlnet_scale=0.5,1", "control_end=0.6,1"] and args.control_start == 0.1
+    plain = build_parser(select_command(argv[:3])).parse_args(argv[:3])
+    assert plain.sweep is None and (plain.control_start, plain.control_end) == (0.0, 1.0)

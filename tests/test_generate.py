@@ -309,3 +309,68 @@ def test_batch_lines_with_bad_numbers_are_skipped_and_the_log_is_json(models, tm
     assert "seed + num_images - 1" in reasons[8]
     [row] = map(strict_json, (tmp_path / "out" / "generations.jsonl").read_text().splitlines())
     assert (row["seed"], row["guidance_scale"]) == (3, 7.5)
+
+
+def test_the_sketch_span_changes_the_image_only_when_it_is_shorter_than_all_the_steps(generator):
+    common = dict(sketch=_sketch("box"), steps=4, seed=3)
+    default = generator("a red dress", **common)[0]
+    whole = generator("a red dress", control_start=0.0, control_end=1.0, **common)[0]
+    early = generator("a red dress", control_end=0.5, **common)[0]  # the sketch for the first 2 of 4 steps only
+    late = generator("a red dress", control_start=0.5, **common)[0]
+    assert np.array_equal(pixels(whole), pixels(default))  # 0..1 is today's behaviour, bit for bit
+    assert np.abs(pixels(early) - pixels(default)).mean() > 1.0
+    assert np.abs(pixels(late) - pixels(early)).mean() > 1.0
+    assert (early.params.control_start, early.params.control_end) == (0.0, 0.5)
+    assert (default.params.control_start, default.params.control_end) == (0.0, 1.0)
+
+
+def test_the_sketch_span_is_in_the_png_and_replays(generator, tmp_path):
+    sketch_path = tmp_path / "sketch.png"
+    _sketch("ellipse").save(sketch_path)
+    result = generator("navy trousers", sketch=sketch_path, steps=STEPS, seed=7, control_start=0.2, control_end=0.7)[0]
+    png = result.save(tmp_path / "out.png")
+    params = read_params(png)
+    assert params == result.params and (params.control_start, params.control_end) == (0.2, 0.7)
+    with Image.open(png) as image:
+        assert "Guidance Start: 0.2, Guidance End: 0.7" in image.text["parameters"]
+    replay = generator(params.prompt, sketch=params.sketch, seed=params.seed, steps=params.steps,
+                       control_start=params.control_start, control_end=params.control_end)[0]
+    assert np.array_equal(np.asarray(replay.image), np.asarray(Image.open(png).convert("RGB")))
+    # A PNG written before the span existed has no such field: it replays with the whole span.
+    old = {key: value for key, value in json.loads(Image.open(png).text["fashionsd_x"]).items()
+           if key not in ("control_start", "control_end")}
+    assert type(params)(**old).control_end == 1.0
+
+
+BAD_SPANS = [({"control_end": 0.0}, "control_start must be less than control_end"),
+             ({"control_start": 0.6, "control_end": 0.4}, "got 0.6 and 0.4"),
+             ({"control_start": 1.0}, "control_start must be less than control_end"),
+             ({"control_end": 1.5}, "control_end must be a finite number from 0 to 1"),
+             ({"control_start": -0.1}, "control_start must be a finite number from 0 to 1"),
+             ({"control_end": float("nan")}, "control_end must be a finite number")]
+
+
+@pytest.mark.parametrize("span, message", BAD_SPANS, ids=[str(span) for span, _ in BAD_SPANS])
+def test_a_bad_sketch_span_is_a_one_line_error(generator, span, message):
+    with pytest.raises(GenerationError, match=message) as error:
+        generator("a dress", sketch=_sketch("box"), steps=1, **span)
+    assert "\n" not in str(error.value)
+
+
+def test_batch_lines_and_the_command_line_set_the_sketch_span(models, tmp_path):
+    from fashionsd_x.generate import generate
+
+    _sketch("box").save(tmp_path / "s.png")
+    lines = [{"prompt": "a top", "sketch": str(tmp_path / "s.png"), "seed": 1},
+             {"prompt": "a top", "sketch": str(tmp_path / "s.png"), "seed": 2, "control_end": 0.5},
+             {"prompt": "a top", "seed": 3, "control_start": 0.9, "control_end": 0.2}]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = generate(model=str(models["base"]), controlnet=models["controlnet"], batch=tmp_path / "batch.jsonl", n=1,
+                   steps=2, control_start=0.25, out=tmp_path / "out")
+    spans = [(read_params(file).control_start, read_params(file).control_end) for file in run.files]
+    assert spans == [(0.25, 1.0), (0.25, 0.5)]  # the command line's start, each line's own end
+    assert [row["line"] for row in run.skipped] == [3] and "control_start must be less" in run.skipped[0]["reason"]
+    with pytest.raises(GenerationError, match="control_start must be less than control_end"):
+        generate(model=str(tmp_path / "no-base"), prompt="a dress", control_start=0.8, control_end=0.3,
+                 out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

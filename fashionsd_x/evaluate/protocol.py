@@ -12,13 +12,18 @@ weights cannot be loaded is reported unavailable with the reason; the others are
 
 An image is reused from an earlier run into the same OUT only when everything that determines it is the same
 (its key: the sha256 of the base, LoRA and ControlNet weights, the prompt, the normalised sketch, resolution,
-steps, guidance, ControlNet scale, scheduler, seed and the sketch settings); retraining a model in place, even
+steps, guidance, ControlNet and LoRA scales, the sketch's span of the denoising, scheduler, seed and the sketch
+settings); retraining a model in place, even
 with the same step count, regenerates its images. metrics.json records those digests, the dataset's digest, the
 settings, the command line and the library versions.
 
 Sketches may have any size and aspect ratio; every comparison with one happens in the generated image's square
 frame. Rows with a `silhouette` mask (the sketch-style benchmark, `fsdx data sketch-styles`) are scored for
 silhouette IoU against it, and rows with a `style` are also scored style by style (`by_style` in metrics.json).
+
+A sweep (`--sweep controlnet_scale=0.5,1 --sweep control_end=0.6,1`, see sweep.py) evaluates the fashionsd-x
+variant (and the lora variant, for the LoRA's scale) at every combination of the values as well; a variant's images
+for a combination go to OUT/sweep/<the settings that change them>/images/<variant>, so none overwrites another.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 import shlex
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,12 +49,17 @@ from fashionsd_x.evaluate import metrics as M
 from fashionsd_x.evaluate.names import VARIANTS, image_stem, style_groups
 from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.evaluate.report import write_outputs
-from fashionsd_x.generate import GarmentGenerator, process_state
+from fashionsd_x.evaluate.sweep import Sweep, applied, label, parse_sweep, slug, swept_variants, trade_off
+from fashionsd_x.generate import GarmentGenerator, check_settings, process_state
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
 
 KEY_SUFFIX = ".key"  # beside each image: the sha256 key of everything that determined it
 PACKAGES = ("fashionsd-x", "diffusers", "transformers", "torch", "torchmetrics", "torch-fidelity", "peft")
+# Settings added after evaluations were first keyed, at the value every earlier image was made with: a key holds
+# them only when they differ from it (or, see _key_settings, when they change the variant), so those images stay
+# reusable. Start 0 and end 1 give bit-identical images to a run without them.
+LATER_SETTINGS = {"lora_scale": 1.0, "control_start": 0.0, "control_end": 1.0}
 
 
 class EvaluationError(ValueError):
@@ -66,6 +76,14 @@ class EvalSettings:
     controlnet_scale: float = 1.0  # sketch strength for fashionsd-x
     scheduler: str = "unipc"  # sampler
     resolution: int | None = None  # generated side in pixels; None: the dataset images' side
+    lora_scale: float = 1.0  # LoRA strength for lora and fashionsd-x
+    control_start: float = 0.0  # fraction of the denoising at which fashionsd-x's sketch starts to act
+    control_end: float = 1.0  # and at which it stops
+
+    def __post_init__(self) -> None:
+        check_settings(steps=self.steps, seed=self.seed, guidance_scale=self.guidance_scale,
+                       controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution,
+                       control_start=self.control_start, control_end=self.control_end)
 
 
 @dataclass
@@ -91,6 +109,11 @@ def evaluate(
     clip_model: str = M.DEFAULT_CLIP,
     inception_weights: Path | None = None,
     resolution: int | None = None,
+    controlnet_scale: float = 1.0,
+    lora_scale: float = 1.0,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
+    sweep: list[str] | None = None,
 ) -> EvalResult:
     """Generate every test garment with each variant and compute the paper's metrics.
 
@@ -98,7 +121,10 @@ def evaluate(
     (variant -> metric -> value, with settings, seeds, model ids and versions), OUT/metrics.md (the
     paper-style table) and OUT/report.html (image grids and charts, viewable offline). A dataset with a style
     column (`fsdx data sketch-styles`) is also scored per sketch style: by_style in metrics.json, a table per
-    style in metrics.md.
+    style in metrics.md. With --sweep, the fashionsd-x variant (and lora, for lora_scale) is also evaluated at every
+    combination of the values: images in OUT/sweep/, a sweep section in metrics.json and metrics.md, and the
+    trade-off between following the sketch and following the text, with its Pareto front, in OUT/sweep.png and
+    the report.
 
     Args:
         data: dataset folder from `fsdx data build` or `fsdx data sketch-styles` (needs the split with image,
@@ -118,24 +144,50 @@ def evaluate(
         inception_weights: local Inception-v3 weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth).
         resolution: generated image side in pixels (default: the dataset images' side, which the base must be
             able to generate; images are brought to the dataset's size for the pixel metrics).
+        controlnet_scale: sketch strength of the fashionsd-x variant, 0 to 10.
+        lora_scale: LoRA strength of the lora and fashionsd-x variants, -10 to 10.
+        control_start: fraction of the denoising at which fashionsd-x's sketch starts to act, 0 to 1.
+        control_end: fraction of the denoising at which it stops, above --control-start, up to 1.
+        sweep: NAME=V1,V2,... (repeatable): also evaluate fashionsd-x at every combination of these values, NAME
+            one of controlnet_scale, control_start, control_end, guidance_scale, lora_scale (which also sweeps the
+            lora variant); e.g. --sweep controlnet_scale=0.5,1 --sweep control_end=0.6,1.
     """
+    # 1. Every input is checked before anything is generated: the settings, the sweep, the variants, the data.
+    settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale, resolution=resolution,
+                            controlnet_scale=controlnet_scale, lora_scale=lora_scale, control_start=control_start,
+                            control_end=control_end)
+    plan = parse_sweep(sweep, asdict(settings)) if sweep else None
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     chosen = _variants(variants, lora, controlnet)
+    if plan is not None:
+        swept_variants(plan, chosen)
     rows = _load_split(Path(data), split, limit)
-    settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale, resolution=resolution)
     out = Path(out)
     weights = _weights_sha256(model, lora, controlnet)
+    # 2. Every variant at the evaluation's settings, then each combination of the sweep.
     generated = {variant: generate_variant(variant, rows, model, lora, controlnet, settings, out / "images" / variant,
                                            weights)
                  for variant in chosen}
+    runs = _sweep_runs(plan, chosen, settings) if plan is not None else []
+    for run in runs:
+        for variant, name in run["names"].items():
+            if name not in generated:
+                generated[name] = generate_variant(variant, rows, model, lora, controlnet, run["settings"][variant],
+                                                   out / run["images"][variant], weights)
     if not process_state().is_main_process:  # the other processes helped generate; one process scores and writes
         return EvalResult(out, {})
+    # 3. One scoring pass over every image set (CLIP and Inception load once), then the tables.
     scores = score_items(rows, generated, clip_model, inception_weights)
-    result: dict[str, Any] = {"variants": scores.table(), "unavailable": scores.unavailable}
+    table = scores.table()
+    result: dict[str, Any] = {"variants": {variant: table[variant] for variant in chosen},
+                              "unavailable": scores.unavailable}
     groups = style_groups(rows)
     if groups:  # the sketch-style benchmark: every metric per style as well
-        result["by_style"] = {style: scores.table(indices) for style, indices in groups.items()}
+        result["by_style"] = {style: {variant: scores.table(indices)[variant] for variant in chosen}
+                              for style, indices in groups.items()}
         result["num_items_by_style"] = {style: len(indices) for style, indices in groups.items()}
+    if plan is not None:
+        result["sweep"] = _sweep_section(plan, runs, table, settings)
     result.update({"settings": asdict(settings), "split": split, "num_items": len(rows), "data": str(data),
                    "data_sha256": path_sha256(data), "model": model, "lora": _str(lora),
                    "controlnet": _str(controlnet), "weights_sha256": weights, "clip_model": clip_model,
@@ -155,6 +207,45 @@ def _variants(text: str, lora: Path | None, controlnet: Path | None) -> list[str
     if controlnet is None and "fashionsd-x" in chosen:
         raise EvaluationError("the fashionsd-x variant needs --controlnet DIR")
     return chosen
+
+
+def _sweep_runs(plan: Sweep, chosen: list[str], settings: EvalSettings) -> list[dict[str, Any]]:
+    """Per combination: each swept variant's settings, images folder (relative to OUT) and name in the scores.
+
+    A variant's folder is named by the part of the combination that changes it, so combinations that agree on
+    that part share its images (the lora variant across sketch settings), and at the evaluation's own settings
+    it is OUT/images/<variant> itself.
+    """
+    runs = []
+    variants = swept_variants(plan, chosen)
+    for combination in plan.combinations():
+        run: dict[str, Any] = {"combination": combination, "settings": {}, "images": {}, "names": {}}
+        for variant in variants:
+            changes = applied(combination, variant)
+            own = replace(settings, **changes)
+            at_default = own == settings
+            folder = Path("images") if at_default else Path("sweep") / slug(changes) / "images"
+            run["settings"][variant], run["images"][variant] = own, folder / variant
+            run["names"][variant] = variant if at_default else f"{variant} ({label(changes)})"
+        runs.append(run)
+    return runs
+
+
+def _sweep_section(plan: Sweep, runs: list[dict[str, Any]], table: dict[str, dict[str, float]],
+                   settings: EvalSettings) -> dict[str, Any]:
+    """metrics.json's sweep: the values, one entry per combination (settings, images, metrics per swept variant,
+    whether it is the evaluation's own setting) and the sketch-vs-text trade-off of fashionsd-x."""
+    default = {name: getattr(settings, name) for name in plan.values}
+    combinations = [{"settings": run["combination"], "default": run["combination"] == default,
+                     "images": {variant: str(path) for variant, path in run["images"].items()},
+                     "metrics": {variant: table[name] for variant, name in run["names"].items()}}
+                    for run in runs]
+    points = list(combinations)
+    if "fashionsd-x" in table and not any(entry["default"] for entry in combinations):
+        # The evaluation's own setting is not in the grid: it is still shown on the trade-off, as the reference.
+        points.append({"settings": default, "default": True, "metrics": {"fashionsd-x": table["fashionsd-x"]}})
+    return {"values": {name: list(values) for name, values in plan.values.items()}, "default": default,
+            "combinations": combinations, "trade_off": trade_off(points)}
 
 
 def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
@@ -188,7 +279,8 @@ def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | No
     with state.split_between_processes(todo) as mine:
         if mine:
             folder.mkdir(parents=True, exist_ok=True)
-            generator = GarmentGenerator.load(model, **used)
+            options = {"lora_scale": settings.lora_scale} if used["lora"] else {}  # fused at it: as a fresh run
+            generator = GarmentGenerator.load(model, **used, **options)
             for index, row in mine:
                 _generate_one(generator, variant, row, settings, index, paths[index], keys[index])
     state.wait_for_everyone()
@@ -202,7 +294,8 @@ def _generate_one(generator: GarmentGenerator, variant: str, row: dict, settings
     result = generator(row["text"], sketch=row["sketch"] if variant == "fashionsd-x" else None,
                        steps=settings.steps, seed=settings.seed + index, guidance_scale=settings.guidance_scale,
                        controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
-                       resolution=_resolution(generator, row, settings))[0]
+                       resolution=_resolution(generator, row, settings), control_start=settings.control_start,
+                       control_end=settings.control_end)[0]
     result.save(path)
     key_file.write_text(key + "\n", encoding="utf-8")  # written last: an interrupted image has no key
 
@@ -245,7 +338,7 @@ def image_keys(variant: str, rows: list[dict], weights: dict[str, str], settings
     sketch variant, the sketch after normalisation with the ControlNet's own settings (train_config.yaml).
     """
     sketching = _sketch_settings(controlnet) if controlnet is not None else None
-    common = {"variant": variant, "weights": weights, "negative_prompt": "", **asdict(settings)}
+    common = {"variant": variant, "weights": weights, "negative_prompt": "", **_key_settings(variant, settings)}
     keys = []
     for index, row in enumerate(rows):
         side = settings.resolution or row["image"].size[0]
@@ -255,6 +348,15 @@ def image_keys(variant: str, rows: list[dict], weights: dict[str, str], settings
             item["sketch_sha256"] = _normalised_sketch_sha256(row["sketch"], side, sketching)
         keys.append(hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode("utf-8")).hexdigest())
     return keys
+
+
+def _key_settings(variant: str, settings: EvalSettings) -> dict[str, Any]:
+    """The settings in an image's key: all of them, but LATER_SETTINGS only where they change the variant's
+    images (the LoRA's scale with a LoRA, the sketch's span with a sketch) and differ from their old value."""
+    uses = {"lora_scale": variant != "vanilla", "control_start": variant == "fashionsd-x",
+            "control_end": variant == "fashionsd-x"}
+    return {name: value for name, value in asdict(settings).items()
+            if name not in LATER_SETTINGS or (uses[name] and value != LATER_SETTINGS[name])}
 
 
 def _sketch_settings(controlnet: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Evaluation outputs: metrics.json, the paper-style metrics.md table, and a self-contained report.html.
 
-The HTML embeds its images (base64 PNG thumbnails) and draws its charts as inline SVG, so it opens offline
-and can be mailed as one file.
+The HTML embeds its images (base64 PNG thumbnails) and draws its bar charts as inline SVG, so it opens offline
+and can be mailed as one file. A sweep's trade-off chart is drawn with matplotlib into OUT/sweep.png and
+embedded in the page the same way.
 """
 
 from __future__ import annotations
@@ -16,17 +17,26 @@ from typing import Any
 from PIL import Image
 
 from fashionsd_x.evaluate.names import METRICS, style_groups
+from fashionsd_x.evaluate.sweep import label as combination_label
 
 GRID_ROWS = 12  # garments shown in the report's image grid
 THUMB = 128  # thumbnail side in the report
+SWEEP_CHART = "sweep.png"  # the sweep's trade-off chart, in OUT
+AXIS_LABELS = {"attribute_accuracy": "Colour & pattern acc. (mean)"}  # the trade-off's axes that are no METRICS
 
 
 def write_outputs(out: Path, result: dict[str, Any], rows: list[dict], generated: dict[str, list[Image.Image]]) -> None:
-    """metrics.json, metrics.md and report.html in OUT."""
+    """metrics.json, metrics.md, report.html and, for a sweep with a trade-off, sweep.png in OUT."""
     out.mkdir(parents=True, exist_ok=True)
+    trade = result.get("sweep", {}).get("trade_off")
+    (out / SWEEP_CHART).unlink(missing_ok=True)  # an earlier sweep's chart must not pass for this run's
+    chart = None
+    if trade:
+        data = write_sweep_chart(trade, out / SWEEP_CHART).read_bytes()
+        chart = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "metrics.md").write_text(metrics_table(result), encoding="utf-8")
-    (out / "report.html").write_text(report_html(result, rows, generated), encoding="utf-8")
+    (out / "report.html").write_text(report_html(result, rows, generated, chart), encoding="utf-8")
 
 
 def _columns(result: dict[str, Any]) -> list[str]:
@@ -49,12 +59,17 @@ def metrics_table(result: dict[str, Any]) -> str:
     for style, variants in result.get("by_style", {}).items():
         lines += ["", f"## Sketch style {style} ({result['num_items_by_style'][style]} items)", "",
                   *_markdown_rows(variants, columns)]
+    if "sweep" in result:
+        lines += ["", *_sweep_markdown(result["sweep"], columns)]
     if result["unavailable"]:
         lines += ["", "Unavailable metrics:"] + [f"- {m}: {reason}" for m, reason in result["unavailable"].items()]
     settings = result["settings"]
     lines += ["", f"Steps {settings['steps']}, seed {settings['seed']} (+ item index), guidance "
-              f"{settings['guidance_scale']}, scheduler {settings['scheduler']}; base {result['model']}, "
-              f"LoRA {result['lora']}, ControlNet {result['controlnet']}, CLIP {result['clip_model']}."]
+              f"{settings['guidance_scale']}, ControlNet scale {settings['controlnet_scale']} from "
+              f"{settings.get('control_start', 0.0):g} to {settings.get('control_end', 1.0):g} of the denoising, "
+              f"LoRA scale {settings.get('lora_scale', 1.0)}, scheduler {settings['scheduler']}; base "
+              f"{result['model']}, LoRA {result['lora']}, ControlNet {result['controlnet']}, "
+              f"CLIP {result['clip_model']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -63,6 +78,80 @@ def _markdown_rows(variants: dict[str, dict[str, float]], columns: list[str]) ->
     lines = [header, "|" + " --- |" * (len(columns) + 1)]
     return lines + [f"| {variant} | " + " | ".join(_format(scores.get(m)) for m in columns) + " |"
                     for variant, scores in variants.items()]
+
+
+def _sweep_rows(sweep: dict[str, Any], columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The sweep as a table (header, rows): a row per combination and swept variant; the evaluation's own setting
+    and the fashionsd-x points on the Pareto front marked in the last column."""
+    names = list(sweep["values"])
+    trade = sweep.get("trade_off")
+    front = {trade["labels"][i] for i in trade["front"]} if trade else set()
+    header = [*names, "variant", *(f"{METRICS[m][0]} {'↑' if METRICS[m][1] else '↓'}" for m in columns), "note"]
+    rows = []
+    for entry in sweep["combinations"]:
+        for variant, scores in entry["metrics"].items():
+            on_front = variant == "fashionsd-x" and combination_label(entry["settings"]) in front
+            notes = [note for note, flag in (("default", entry["default"]), ("Pareto front", on_front)) if flag]
+            rows.append([*(f"{entry['settings'][n]:g}" for n in names), variant,
+                         *(_format(scores.get(m)) for m in columns), ", ".join(notes)])
+    return header, rows
+
+
+def _sweep_note(sweep: dict[str, Any]) -> str:
+    trade = sweep.get("trade_off")
+    if not trade:
+        return ("No trade-off chart: it needs a sketch metric (silhouette IoU or edge F1) and a text metric (CLIP "
+                "score, or colour and pattern accuracy) for every combination.")
+    return (f"Trade-off of {trade['variant']} ({SWEEP_CHART}): {_axis(trade['x'])} (follows the sketch) against "
+            f"{_axis(trade['y'])} (follows the text); up and to the right is better, the line joins the settings no "
+            "other beats on both, the star is the evaluation's own setting.")
+
+
+def _sweep_markdown(sweep: dict[str, Any], columns: list[str]) -> list[str]:
+    header, rows = _sweep_rows(sweep, columns)
+    return [f"## Sweep ({len(sweep['combinations'])} combinations)", "", "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header), *("| " + " | ".join(row) + " |" for row in rows), "", _sweep_note(sweep)]
+
+
+def _axis(metric: str) -> str:
+    return AXIS_LABELS.get(metric) or METRICS[metric][0]
+
+
+def write_sweep_chart(trade: dict[str, Any], path: Path) -> Path:
+    """The sketch-vs-text trade-off: every combination a point with its label, the Pareto front as a line
+    through the combinations no other beats on both axes, the evaluation's own setting as a star."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state (renders with Agg)
+
+    points, front, default = trade["points"], trade["front"], trade["default"]
+    figure = Figure(figsize=(6.4, 4.8), layout="constrained")
+    axis = figure.subplots()
+    others = [i for i in range(len(points)) if i not in front]
+    axis.scatter([points[i][0] for i in others], [points[i][1] for i in others], color="#9a9aa3", label="dominated")
+    axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "o-", color="#4a6fa5",
+              label="Pareto front")
+    if default is not None:
+        axis.scatter([points[default][0]], [points[default][1]], marker="*", s=260, color="#e0a458",
+                     edgecolor="black", zorder=3, label="default")
+    for text, (x, y) in zip(trade["labels"], points):
+        axis.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#333")
+    axis.margins(0.15)  # room for the labels of the outermost points
+    axis.set_xlabel(f"{_axis(trade['x'])}: follows the sketch →")
+    axis.set_ylabel(f"{_axis(trade['y'])}: follows the text →")
+    axis.set_title(f"{trade['variant']}: sketch vs text adherence", fontsize=11)
+    axis.legend(loc="best", fontsize=8)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _sweep_html(result: dict[str, Any], columns: list[str], chart: str | None) -> str:
+    """The report's sweep section: the trade-off chart (CHART, a data URI) when drawn, its note and the table."""
+    if "sweep" not in result:
+        return ""
+    header, rows = _sweep_rows(result["sweep"], columns)
+    table = "<tr>" + "".join(f"<th>{html.escape(cell)}</th>" for cell in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    figure = f'<p><img src="{chart}" alt="sketch vs text trade-off of the sweep"></p>' if chart else ""
+    return f"<h2>Sweep</h2>{figure}<p>{html.escape(_sweep_note(result['sweep']))}</p><table>{table}</table>"
 
 
 def _data_uri(image: Image.Image) -> str:
@@ -121,8 +210,10 @@ def _grid_rows(rows: list[dict]) -> list[int]:
     return turns[:GRID_ROWS]
 
 
-def report_html(result: dict[str, Any], rows: list[dict], generated: dict[str, list[Image.Image]]) -> str:
-    """The report page: metrics table, one chart per metric, and a grid sketch | truth | each variant."""
+def report_html(result: dict[str, Any], rows: list[dict], generated: dict[str, list[Image.Image]],
+                sweep_chart: str | None = None) -> str:
+    """The report page: metrics table, one chart per metric, the sweep (its trade-off chart SWEEP_CHART as a data
+    URI, and its table), and a grid sketch | truth | each variant (of the evaluation's own settings)."""
     columns = _columns(result)
     table = "<tr><th>variant</th>" + "".join(f"<th>{html.escape(METRICS[m][0])} {'↑' if METRICS[m][1] else '↓'}</th>"
                                               for m in columns) + "</tr>"
@@ -131,6 +222,8 @@ def report_html(result: dict[str, Any], rows: list[dict], generated: dict[str, l
             f"<td>{_format(scores.get(m))}</td>" for m in columns) + "</tr>"
     charts = "".join(_chart(metric, result) for metric in columns)
     styles = _style_table(result, columns)
+    sweep = _sweep_html(result, columns, sweep_chart)
+    generated = {variant: images for variant, images in generated.items() if variant in result["variants"]}
     head = "<tr><th>sketch</th><th>ground truth</th>" + "".join(f"<th>{html.escape(v)}</th>" for v in generated) + "<th>text</th></tr>"
     grid = ""
     for index in _grid_rows(rows):
@@ -148,7 +241,7 @@ padding:4px 8px;text-align:center}} img{{display:block}} .charts svg{{margin:0 2
 base <code>{html.escape(str(result['model']))}</code>, LoRA <code>{html.escape(str(result['lora']))}</code>,
 ControlNet <code>{html.escape(str(result['controlnet']))}</code>.</p>
 <h2>Metrics</h2><table>{table}</table>{'<h3>Unavailable</h3><ul>' + missing + '</ul>' if missing else ''}{styles}
-<h2>Charts</h2><div class="charts">{charts}</div>
+<h2>Charts</h2><div class="charts">{charts}</div>{sweep}
 <h2>Samples</h2><table>{head}{grid}</table>
 </body></html>
 """

@@ -209,7 +209,7 @@ def test_numbers_from_the_page_or_an_api_caller_are_checked_like_generate(genera
 def test_history_row_restores_settings_and_reproduces_the_images(generator, tmp_path, one_thread):
     sketch, _ = load_upload(_sketch_file(tmp_path, "ellipse"))
     first = Settings(prompt="navy trousers", num_images=1, steps=STEPS, seed=3, guidance_scale=5.0,
-                     controlnet_scale=1.2, lora_scale=0.3, scheduler="ddim")
+                     controlnet_scale=1.2, lora_scale=0.3, scheduler="ddim", control_start=0.1, control_end=0.7)
     photo_settings = SketchSettings("xdog", 15, 4.0)
     history = run_generation(generator, tmp_path / "out", first, sketch, source="photo",
                              sketch_settings=photo_settings).history
@@ -217,10 +217,12 @@ def test_history_row_restores_settings_and_reproduces_the_images(generator, tmp_
                              history=history).history
     assert [entry.source for entry in history] == ["photo", "prompt"] and history[1].sketch is None
     entry = reuse(history, 0)
-    assert control_values(entry) == ("navy trousers", "", 1, STEPS, 5.0, 1.2, 0.3, 3, "ddim", "xdog", 15, 4.0)
+    assert control_values(entry) == ("navy trousers", "", 1, STEPS, 5.0, 1.2, 0.3, 3, "ddim", 0.1, 0.7, "xdog", 15,
+                                     4.0)
+    assert history_rows(history)[0][7:9] == [1.2, "0.1–0.7"] and history_rows(history)[1][8] == "0–1"
     assert reuse(history, 5) is None and reuse(history, -1) is None
     # The restored settings and the kept sketch make the same garment again.
-    restored = Settings.from_page(*[float(v) if isinstance(v, int) else v for v in control_values(entry)[:9]])
+    restored = Settings.from_page(*[float(v) if isinstance(v, int) else v for v in control_values(entry)[:11]])
     kept, _ = load_upload(entry.sketch)
     again = run_generation(generator, tmp_path / "again", restored, kept, history=history)
     assert restored == first and len(again.history) == 3
@@ -239,6 +241,7 @@ def test_a_model_without_controlnet_offers_the_prompt_only(tiny_base, tmp_path, 
     # No sketch can ever reach the model, and there is no LoRA: neither strength slider is offered.
     sliders = {block.elem_id: block.visible for block in demo.blocks.values() if type(block).__name__ == "Slider"}
     assert sliders["sketch-strength"] is False and sliders["lora-strength"] is False and sliders["guidance"] is True
+    assert sliders["sketch-start"] is False and sliders["sketch-end"] is False  # the sketch's span neither
     sketch, _ = load_upload(_sketch_file(tmp_path))
     refused = run_generation(text_only, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS), sketch)
     assert "needs a ControlNet" in refused.message and refused.files == []
@@ -385,11 +388,13 @@ def test_browser_upload_fills_its_panel_and_prompt_only_disables_the_sketch_stre
         page.goto(url)
         assert strength.is_enabled()
         page.get_by_role("tab", name="Prompt only").click()
-        page.wait_for_function("document.querySelector('#sketch-strength input[type=range]').disabled",
-                               timeout=30_000)
+        for control in ("sketch-strength", "sketch-start", "sketch-end"):  # every control that weighs a sketch
+            page.wait_for_function(f"document.querySelector('#{control} input[type=range]').disabled",
+                                   timeout=30_000)
         page.get_by_role("tab", name="Upload sketch").click()
-        page.wait_for_function("!document.querySelector('#sketch-strength input[type=range]').disabled",
-                               timeout=30_000)
+        for control in ("sketch-strength", "sketch-start", "sketch-end"):
+            page.wait_for_function(f"!document.querySelector('#{control} input[type=range]').disabled",
+                                   timeout=30_000)
         page.locator("#sketch-upload input[type=file]").set_input_files(str(tmp_path / "small.png"))
         shown = page.locator("#sketch-preview img")
         shown.wait_for(timeout=30_000)
@@ -400,3 +405,21 @@ def test_browser_upload_fills_its_panel_and_prompt_only_disables_the_sketch_stre
     drawn = min(columns.max() - columns.min(), rows.max() - rows.min())
     # Scaled to fit the panel (300 px high, less its label), not shown at its own 128 px (96 px drawn).
     assert drawn >= 0.75 * 0.9 * min(panel["width"], panel["height"] - 40), (drawn, panel)
+
+
+def test_the_sketch_span_reaches_the_pngs_and_a_bad_one_is_a_message(generator, tmp_path, one_thread):
+    sketch, _ = load_upload(_sketch_file(tmp_path))
+    page = ("a red dress", "", 1.0, 2.0, 7.5, 1.0, 1.0, 5.0, "unipc", 0.0, 0.5)  # as Gradio sends them
+    settings = Settings.from_page(*page)
+    assert (settings.control_start, settings.control_end) == (0.0, 0.5)
+    outcome = run_generation(generator, tmp_path / "out", settings, sketch, source="upload")
+    params = read_params(outcome.files[0])
+    assert (params.control_start, params.control_end) == (0.0, 0.5)
+    single = generator("a red dress", sketch=sketch, steps=2, seed=5, control_end=0.5)[0]
+    assert np.array_equal(_pixels(outcome.files[0]), np.asarray(single.image).astype(int))
+    for start, end, reason in ((0.6, 0.4, "control_start must be less than control_end"),
+                               (0.0, float("nan"), "control_end must be a finite number"),
+                               (-0.5, 1.0, "control_start must be a finite number from 0 to 1")):
+        refused = run_generation(generator, tmp_path / "refused", Settings.from_page(*page[:9], start, end), sketch)
+        assert reason in refused.message and "\n" not in refused.message and refused.files == []
+    assert not (tmp_path / "refused").exists()

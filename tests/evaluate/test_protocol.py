@@ -188,3 +188,120 @@ def test_a_part_of_the_split_is_scored_from_its_own_items():
     assert set(scores.table([2])["lora"]) == {"ssim"}  # one item: no FID or KID, not an error
     rows = [{"style": style} for style in ("pencil", "fine", "pencil")]
     assert style_groups(rows) == {"pencil": [0, 2], "fine": [1]} and style_groups([{"id": "a"}]) == {}
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    """Every image under FOLDER (relative path -> modification time), to see which were made again."""
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in sorted(folder.rglob("*.png"))
+            if path.name != "sweep.png"}
+
+
+def test_a_sweep_evaluates_every_combination_in_its_own_folder_and_reuses_by_key(setup, tmp_path):
+    out = tmp_path / "sweep"
+    kwargs = dict(data=setup["data"], model=str(setup["base"]), out=out, lora=setup["lora"],
+                  controlnet=setup["controlnet"], variants="lora,fashionsd-x", limit=2, steps=2,
+                  clip_model=str(tmp_path / "no-clip"), sweep=["lora_scale=0.5,1", "control_end=0.5,1"])
+    metrics = evaluate(**kwargs).metrics
+    sweep = metrics["sweep"]
+    assert sweep["values"] == {"lora_scale": [0.5, 1.0], "control_end": [0.5, 1.0]}
+    assert [entry["settings"] for entry in sweep["combinations"]] == [
+        {"lora_scale": 0.5, "control_end": 0.5}, {"lora_scale": 0.5, "control_end": 1.0},
+        {"lora_scale": 1.0, "control_end": 0.5}, {"lora_scale": 1.0, "control_end": 1.0}]
+    assert [entry["default"] for entry in sweep["combinations"]] == [False, False, False, True]
+    # fashionsd-x has a folder per combination (the default's is the evaluation's own); lora one per LoRA scale.
+    images = [entry["images"] for entry in sweep["combinations"]]
+    assert [i["fashionsd-x"] for i in images] == [
+        "sweep/lora_scale-0.5__control_end-0.5/images/fashionsd-x",
+        "sweep/lora_scale-0.5__control_end-1/images/fashionsd-x",
+        "sweep/lora_scale-1__control_end-0.5/images/fashionsd-x", "images/fashionsd-x"]
+    assert [i["lora"] for i in images] == ["sweep/lora_scale-0.5/images/lora"] * 2 + ["images/lora"] * 2
+    assert sweep["combinations"][3]["metrics"]["fashionsd-x"] == metrics["variants"]["fashionsd-x"]
+    assert sweep["combinations"][2]["metrics"]["lora"] == metrics["variants"]["lora"]
+    assert sweep["combinations"][2]["metrics"]["fashionsd-x"] != metrics["variants"]["fashionsd-x"]
+    for folder in {path for entry in images for path in entry.values()}:
+        assert len(list((out / folder).glob("*.png"))) == 2 and len(list((out / folder).glob("*.key"))) == 2
+    # Each image is what a plain evaluation at its settings makes: same key, same pixels.
+    single = tmp_path / "single"
+    evaluate(**{**kwargs, "out": single, "sweep": None, "lora_scale": 0.5, "control_end": 0.5})
+    made = out / images[0]["fashionsd-x"]
+    for key in made.glob("*.key"):
+        assert key.read_text() == (single / "images" / "fashionsd-x" / key.name).read_text()
+        assert np.array_equal(np.asarray(Image.open(key.with_suffix(".png"))),
+                              np.asarray(Image.open(single / "images" / "fashionsd-x" / key.with_suffix(".png").name)))
+    # The trade-off: silhouette IoU against colour and pattern accuracy (no CLIP here), the default marked.
+    trade = sweep["trade_off"]
+    assert (trade["x"], trade["y"], trade["default"]) == ("silhouette_iou", "attribute_accuracy", 3)
+    assert len(trade["points"]) == 4 and trade["front"]
+    table = (out / "metrics.md").read_text()
+    assert "## Sweep (4 combinations)" in table and "| lora_scale | control_end | variant |" in table
+    assert table.count("| default") == 2 and "Pareto front" in table
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert "<h2>Sweep</h2>" in page and page.count("data:image/png;base64,") == 2 * 4 + 1  # grid + the chart
+    # A second run reuses every image; a changed value makes only the images it changes again.
+    stamps = _stamps(out)
+    evaluate(**kwargs)
+    assert _stamps(out) == stamps
+    evaluate(**{**kwargs, "sweep": ["lora_scale=0.5,1", "control_end=0.6,1"]})
+    after = _stamps(out)
+    changed = {path for path in stamps if after[path] != stamps[path]}
+    new = set(after) - set(stamps)
+    assert changed == set() and {str(Path(path).parent) for path in new} == {
+        "sweep/lora_scale-0.5__control_end-0.6/images/fashionsd-x", "sweep/lora_scale-1__control_end-0.6/images/fashionsd-x"}
+
+
+def test_the_pareto_front_leaves_out_dominated_points():
+    from fashionsd_x.evaluate.sweep import pareto_front, trade_off
+
+    points = [(0.2, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5), (0.1, 0.1), (0.9, 0.05)]
+    # (0.4, 0.4) and (0.1, 0.1) are beaten on both axes by (0.5, 0.5); (0.9, 0.05) by (0.9, 0.1) on one, tied on
+    # the other; equal points are both on the front. Sorted by the sketch axis.
+    assert pareto_front(points) == [0, 1, 4, 3]
+    assert pareto_front([(0.3, 0.3)]) == [0]
+    entries = [{"settings": {"controlnet_scale": s}, "default": s == 1.0,
+                "metrics": {"fashionsd-x": {"edge_f1": x, "color_accuracy": y, "pattern_accuracy": y / 2}}}
+               for s, x, y in ((0.5, 0.2, 0.8), (1.0, 0.6, 0.6), (2.0, 0.5, 0.2))]
+    trade = trade_off(entries)
+    assert (trade["x"], trade["y"], trade["default"], trade["front"]) == ("edge_f1", "attribute_accuracy", 1, [0, 1])
+    assert trade["points"][0] == [0.2, pytest.approx(0.6)] and trade["labels"][2] == "controlnet_scale=2"
+    entries[0]["metrics"]["fashionsd-x"]["clip_score"] = 0.3  # only some have CLIP: no common text axis
+    assert trade_off(entries) is None
+
+
+BAD_SWEEPS = [(["strength=1,2"], "unknown setting 'strength'"), (["controlnet_scale=0.5,x"], "'x' is not a number"),
+              (["control_end=0.5,1.5"], "control_end must be a finite number from 0 to 1"),
+              (["guidance_scale=nan"], "guidance_scale must be a finite number"),
+              (["lora_scale=1", "lora_scale=2"], "given twice"), (["lora_scale=1,1.0"], "the value 1 is given twice"),
+              (["controlnet_scale"], "expected NAME=V1,V2"), (["controlnet_scale="], "expected NAME=V1,V2"),
+              (["control_start=0,0.5", "control_end=0.4,1"], "combination control_start=0.5, control_end=0.4"),
+              (["controlnet_scale=" + ",".join(str(v) for v in range(9)), "guidance_scale=" + ",".join(
+                  str(v) for v in range(8))], "72 combinations")]
+
+
+@pytest.mark.parametrize("sweep, message", BAD_SWEEPS, ids=[" ".join(s)[:40] for s, _ in BAD_SWEEPS])
+def test_bad_sweep_text_is_one_line_before_anything_runs(tmp_path, sweep, message):
+    from fashionsd_x.evaluate.sweep import SweepError
+
+    with pytest.raises(SweepError, match=message.replace("(", r"\(")) as error:
+        evaluate(tmp_path / "no-data", str(tmp_path / "no-base"), tmp_path / "out", sweep=sweep)
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+def test_a_sweep_of_settings_no_chosen_variant_uses_is_refused(setup, tmp_path):
+    from fashionsd_x.evaluate.sweep import SweepError
+
+    with pytest.raises(SweepError, match="changes only the fashionsd-x variant"):
+        evaluate(setup["data"], str(setup["base"]), tmp_path / "o", lora=setup["lora"], variants="vanilla,lora",
+                 sweep=["control_end=0.5,1"])
+
+
+def test_images_keyed_before_the_new_settings_keep_their_keys():
+    from fashionsd_x.evaluate.protocol import EvalSettings, _key_settings
+
+    before = {"steps", "seed", "guidance_scale", "controlnet_scale", "scheduler", "resolution"}  # the old key's
+    for variant in ("vanilla", "lora", "fashionsd-x"):
+        assert set(_key_settings(variant, EvalSettings())) == before
+    changed = EvalSettings(lora_scale=0.5, control_end=0.6)
+    assert set(_key_settings("vanilla", changed)) == before  # neither changes the base alone
+    assert set(_key_settings("lora", changed)) == before | {"lora_scale"}
+    assert set(_key_settings("fashionsd-x", changed)) == before | {"lora_scale", "control_end"}

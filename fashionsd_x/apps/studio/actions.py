@@ -31,14 +31,16 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused before decoding
 MAX_IMAGES = 8  # per click; the page's slider stops here and run_generation refuses more from the API
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1  # the page's Number holds a JavaScript double: larger seeds would not come back exact
-NUMBERS = ("num_images", "steps", "guidance_scale", "controlnet_scale", "lora_scale", "seed")  # Settings' numbers
+NUMBERS = ("num_images", "steps", "guidance_scale", "controlnet_scale", "lora_scale", "seed", "control_start",
+           "control_end")  # Settings' numbers
 IMAGE_NAME = "seed{seed}-{run}.png"  # seed first: the page's download list shortens long names at the end
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The generation controls, in the order the page lays them out (a history row fills them back)."""
+    """The generation controls, in the order of the page's inputs (a history row fills them back). The sketch's
+    span comes last, though shown beside the sketch strength: it came later, and an API caller's positions stay."""
 
     prompt: str = ""  # what the garment should look like
     negative_prompt: str = ""  # what it should not
@@ -49,12 +51,16 @@ class Settings:
     lora_scale: float = 1.0  # LoRA strength
     seed: int = 0  # seed of the first image
     scheduler: str = "unipc"  # sampler
+    control_start: float = 0.0  # fraction of the denoising at which the sketch starts to act
+    control_end: float = 1.0  # and at which it stops: lower leaves the last steps' details to the prompt
 
     @classmethod
     def from_page(cls, *values: Any) -> Settings:
         """Settings from the controls' values in field order. Gradio gives numbers as floats: whole ones become
-        ints; anything else (NaN, 2.5 steps, text from an API caller) is kept as given for `problem` to name."""
-        given = {f.name: v if v is not None else f.default for f, v in zip(fields(cls), values)}
+        ints; anything else (NaN, 2.5 steps, text from an API caller) is kept as given for `problem` to name.
+        Fields not given (an API caller from before the sketch's span) keep their defaults."""
+        given = {f.name: f.default for f in fields(cls)}
+        given.update({f.name: v for f, v in zip(fields(cls), values) if v is not None})
         for name in NUMBERS:
             try:
                 given.update(check_settings(**{name: given[name]}))
@@ -282,7 +288,8 @@ def _generate_one(generator: GarmentGenerator, settings: Settings, sketch: Image
     return generator(settings.prompt, sketch=sketch, negative_prompt=settings.negative_prompt, num_images=1,
                      steps=settings.steps, guidance_scale=settings.guidance_scale,
                      controlnet_scale=settings.controlnet_scale, lora_scale=settings.lora_scale, seed=seed,
-                     scheduler=settings.scheduler)[0]
+                     scheduler=settings.scheduler, control_start=settings.control_start,
+                     control_end=settings.control_end)[0]
 
 
 def generated_files(out: Path) -> list[Path]:
@@ -302,13 +309,14 @@ def _save_sketch(sketch: Image.Image | None, run: Path) -> Path | None:
 
 
 HISTORY_HEADERS = ["#", "prompt", "sketch", "images", "seed", "steps", "guidance", "sketch strength",
-                   "LoRA strength", "sampler"]
+                   "sketch span", "LoRA strength", "sampler"]
 
 
 def history_rows(history: Sequence[HistoryEntry]) -> list[list]:
     """The history as table rows, newest last, in HISTORY_HEADERS order."""
     return [[number, e.settings.prompt, e.source, len(e.files), e.settings.seed, e.settings.steps,
-             e.settings.guidance_scale, e.settings.controlnet_scale, e.settings.lora_scale, e.settings.scheduler]
+             e.settings.guidance_scale, e.settings.controlnet_scale,
+             f"{e.settings.control_start:g}–{e.settings.control_end:g}", e.settings.lora_scale, e.settings.scheduler]
             for number, e in enumerate(history, 1)]
 
 

@@ -23,7 +23,9 @@ from fashionsd_x.data.images import IMAGE_EXTENSIONS
 from fashionsd_x.data.sketch import SKETCH_METHODS
 from fashionsd_x.generate import SCHEDULERS, GarmentGenerator, read_params
 
-SKETCH_STRENGTH = [field.name for field in fields(Settings)].index("controlnet_scale")  # its slider in the controls
+# The controls that weigh a sketch (its strength and span), by their place in the controls: off in prompt-only mode.
+SKETCH_CONTROLS = tuple([field.name for field in fields(Settings)].index(name)
+                        for name in ("controlnet_scale", "control_start", "control_end"))
 TAB_LABELS = {"draw": "Draw", "upload": "Upload sketch", "photo": "From photo", "prompt": "Prompt only"}
 CANVAS = 512  # drawing canvas side in pixels; the sketch is resized to the model's resolution like any other
 PREVIEW = 384  # a sketch preview smaller than this is enlarged (nearest: the model's pixels stay visible)
@@ -96,8 +98,8 @@ def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
         _wire_model_view(generator, sketch_inputs, [seen, seen_note])
         _wire_reuse(table, history, controls, sketch_inputs, source, [gallery, files, message])
         for name, tab in sketch_inputs["tab_items"].items():
-            tab.select(lambda name=name: (name, _sketch_strength(name)), None, [source, controls[SKETCH_STRENGTH]],
-                       queue=False)
+            tab.select(lambda name=name: (name, *(_sketch_strength(name) for _ in SKETCH_CONTROLS)), None,
+                       [source, *(controls[index] for index in SKETCH_CONTROLS)], queue=False)
     return demo
 
 
@@ -136,7 +138,7 @@ def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dic
 
 
 def _sketch_strength(source: str, **update: Any) -> gr.Slider:
-    """The sketch strength slider for a sketch source: live only when there is a sketch for it to weigh."""
+    """A sketch control (strength, span) for a sketch source: live only when there is a sketch for it to weigh."""
     return gr.Slider(interactive=source != "prompt", **update)
 
 
@@ -175,10 +177,16 @@ def _settings_controls(has_controlnet: bool, has_lora: bool) -> list[Any]:
                                     elem_id="sketch-strength", visible=has_controlnet, interactive=has_controlnet)
         lora_strength = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="LoRA strength", elem_id="lora-strength",
                                   visible=has_lora)
+    with gr.Row(visible=has_controlnet):  # when the sketch acts: from/until these fractions of the steps
+        span = [gr.Slider(0.0, 1.0, value=value, step=0.05, label=label, info=info, elem_id=elem_id,
+                          visible=has_controlnet, interactive=has_controlnet)
+                for value, label, info, elem_id in (
+                    (0.0, "Sketch from", "fraction of the steps before the sketch acts", "sketch-start"),
+                    (1.0, "Sketch until", "lower: the sketch sets the shape, the prompt the details", "sketch-end"))]
     with gr.Row():
         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seed")
         scheduler = gr.Dropdown(list(SCHEDULERS), value="unipc", label="Sampler", elem_id="scheduler")
-    return [prompt, negative, num_images, steps, guidance, sketch_strength, lora_strength, seed, scheduler]
+    return [prompt, negative, num_images, steps, guidance, sketch_strength, lora_strength, seed, scheduler, *span]
 
 
 def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, source: gr.State,
@@ -256,7 +264,8 @@ def _wire_reuse(table: gr.Dataframe, history: gr.State, controls: list[Any], ske
         # The sketch used goes back through the upload tab (a photo's sketch too), so a rerun sees the same one.
         tab = "upload" if entry.sketch is not None else "prompt"
         values = list(control_values(entry))
-        values[SKETCH_STRENGTH] = _sketch_strength(tab, value=entry.settings.controlnet_scale)
+        for index in SKETCH_CONTROLS:
+            values[index] = _sketch_strength(tab, value=values[index])
         return (*values, gr.Tabs(selected=tab), tab,
                 str(entry.sketch) if entry.sketch else gr.skip(), _captioned(entry.files),
                 _paths(entry.files), f"Settings of run {event.index[0] + 1} restored.")
