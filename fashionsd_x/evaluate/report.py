@@ -132,15 +132,44 @@ def write_sweep_chart(trade: dict[str, Any], path: Path) -> Path:
     if default is not None:
         axis.scatter([points[default][0]], [points[default][1]], marker="*", s=260, color="#e0a458",
                      edgecolor="black", zorder=3, label="default")
-    for text, (x, y) in zip(trade["labels"], points):
-        axis.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#333")
+    names, labels = _short_labels(trade["labels"])
+    for group in _label_groups(points):
+        anchor = max(group, key=lambda i: (points[i][1], points[i][0]))  # the group's top point
+        text = "\n".join(f"{labels[i]} ({points[i][0]:.2f}, {points[i][1]:.2f})" if len(group) > 1 else labels[i]
+                         for i in group)
+        axis.annotate(text, points[anchor], textcoords="offset points", xytext=(5, 3), fontsize=7, color="#333",
+                      va="bottom")
     axis.margins(0.15)  # room for the labels of the outermost points
+    axis.text(0.01, 0.01, f"points: {names}", transform=axis.transAxes, fontsize=7, color="#555")
     axis.set_xlabel(f"{_axis(trade['x'])}: follows the sketch →")
     axis.set_ylabel(f"{_axis(trade['y'])}: follows the text →")
     axis.set_title(f"{trade['variant']}: sketch vs text adherence", fontsize=11)
     axis.legend(loc="best", fontsize=8)
     figure.savefig(path, dpi=120)
     return path
+
+
+def _short_labels(labels: list[str]) -> tuple[str, list[str]]:
+    """("controlnet_scale, control_end", ["0.5, 1", ...]): the setting names once, each point by its values, so
+    labels of neighbouring points stay short enough not to run into each other."""
+    pairs = [[part.split("=", 1) for part in text.split(", ")] for text in labels]
+    names = ", ".join(name for name, _ in pairs[0]) if pairs else ""
+    return names, [", ".join(value for _, value in pair) for pair in pairs]
+
+
+def _label_groups(points: list[list[float]], near: tuple[float, float] = (0.15, 0.06)) -> list[list[int]]:
+    """Points whose labels would run into each other (within NEAR of the axes' spans, x and y: a label is wide
+    and one line high; joined transitively), each group in point order; the chart writes one stacked label per
+    group."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(points):
+        touching = [g for g in groups if any(abs(x - points[j][0]) / span_x < near[0]
+                                             and abs(y - points[j][1]) / span_y < near[1] for j in g)]
+        merged = sorted({j for g in touching for j in g} | {i})
+        groups = [g for g in groups if g not in touching] + [merged]
+    return sorted(groups)
 
 
 def _sweep_html(result: dict[str, Any], columns: list[str], chart: str | None) -> str:

@@ -268,6 +268,17 @@ def test_the_pareto_front_leaves_out_dominated_points():
     assert trade_off(entries) is None
 
 
+
+def test_chart_labels_of_points_close_together_are_stacked_into_one():
+    from fashionsd_x.evaluate.report import _label_groups, _short_labels
+
+    # Spans 1 x 1: (0.1, 0) is within 0.15 of (0, 0) across and (0.2, 0.01) of it, so all three share one label
+    # (joined through the middle one); (0.1, 0.5) is one label's height and more above; (1, 1) is far.
+    points = [[0, 0], [1, 1], [0.1, 0.0], [0.2, 0.01], [0.1, 0.5]]
+    assert _label_groups(points) == [[0, 2, 3], [1], [4]]
+    assert _short_labels(["controlnet_scale=0.5, control_end=1", "controlnet_scale=1.5, control_end=0.6"]) == (
+        "controlnet_scale, control_end", ["0.5, 1", "1.5, 0.6"])
+
 BAD_SWEEPS = [(["strength=1,2"], "unknown setting 'strength'"), (["controlnet_scale=0.5,x"], "'x' is not a number"),
               (["control_end=0.5,1.5"], "control_end must be a finite number from 0 to 1"),
               (["guidance_scale=nan"], "guidance_scale must be a finite number"),
