@@ -190,8 +190,19 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, models: list[tor
             raise CheckpointError(f"checkpoint {checkpoint} lacks {len(missing)} trainable tensors (e.g. {min(missing)})")
         model.load_state_dict(state, strict=False)
     optimizer.load_state_dict(load_optimizer(checkpoint, accelerator.device))
+    match_layouts(optimizer)
     lr_scheduler.load_state_dict(json.loads((checkpoint / SCHEDULE_NAME).read_text(encoding="utf-8")))
     return read_state(checkpoint)
+
+
+def match_layouts(optimizer: Any) -> None:
+    """Give each loaded optimizer moment its parameter's memory layout (a channels_last weight's moments are
+    channels_last in a run that never stopped; safetensors gives them back contiguous, and a fused AdamW walks the
+    raw memory of both, so a mismatch would pair the wrong elements and break resume-equals-uninterrupted)."""
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from fashionsd_x.files import write_text
@@ -96,7 +97,11 @@ def run_training(method_class: type[Method], config: TrainConfig, out: Path, res
 
 
 def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
-    """Optimizer steps start_step..total_steps-1, each over grad_accum micro-batches of the data stream."""
+    """Optimizer steps start_step..total_steps-1, each over grad_accum micro-batches of the data stream.
+
+    Each part of a step runs under a `fsdx/<part>` profiler label (benchmarks/train_throughput.py --profile reads
+    them; without a profiler a label costs a few microseconds).
+    """
     config, accelerator = s.config, s.accelerator
     stream = micro_batches(accelerator, s.loader, start_step * config.grad_accum)
     parameters = [p for module in s.method.prepared for p in module.parameters() if p.requires_grad]
@@ -104,26 +109,46 @@ def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
                disable=not accelerator.is_local_main_process)
     loss = None
     for step in range(start_step, total_steps):
-        step_loss = accumulate(s, step_batches(s, stream, step), config.grad_accum)
-        loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
-        if config.max_grad_norm is not None:
-            norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-            if config.mixed_precision != "fp16" and norm is not None and not torch.isfinite(norm):
-                raise NonFiniteLossError(_stop_message("the gradient norm", float(norm), step + 1, s.out))
-        s.optimizer.step()
-        s.lr_scheduler.step()
-        s.optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        lr = s.lr_scheduler.get_last_lr()[0]
-        accelerator.log({"loss": loss, "lr": lr}, step=done)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            checkpoint(s, done)
+        with record_function("fsdx/step"):
+            step_loss = accumulate(s, step_batches(s, stream, step), config.grad_accum)
+            # Checked every step (one host sync): a NaN must stop the run before its update is applied.
+            loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
+            optimizer_step(s, parameters, step + 1)
+            done = step + 1
+            with record_function("fsdx/log"):
+                log_step(s, bar, done, loss, total_steps)
+                if config.checkpoint_every and done % config.checkpoint_every == 0:
+                    checkpoint(s, done)
         if config.validate_every and done % config.validate_every == 0 and done < total_steps:
             validate(s, done)
     bar.close()
     return loss
+
+
+def optimizer_step(s: Session, parameters: list[torch.nn.Parameter], step: int) -> None:
+    """Clip, update, advance the schedule, drop the gradients (set to None: no memset of every gradient)."""
+    with record_function("fsdx/optimizer"):
+        if s.config.max_grad_norm is not None:
+            norm = s.accelerator.clip_grad_norm_(parameters, s.config.max_grad_norm)
+            if s.config.mixed_precision != "fp16" and norm is not None and not torch.isfinite(norm):
+                raise NonFiniteLossError(_stop_message("the gradient norm", float(norm), step, s.out))
+        s.optimizer.step()
+        s.lr_scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+
+
+def log_step(s: Session, bar: Any, done: int, loss: float, total_steps: int) -> None:
+    """Loss and lr to TensorBoard and the progress bar every log_every steps and at the last one.
+
+    A TensorBoard write and a forced bar redraw cost about as much as a tiny model's step; every step would
+    make the run slower to watch it (the bar still advances, at tqdm's own refresh rate).
+    """
+    bar.update(1)
+    if done % s.config.log_every and done != total_steps:
+        return
+    lr = s.lr_scheduler.get_last_lr()[0]
+    s.accelerator.log({"loss": loss, "lr": lr}, step=done)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
 
 
 def micro_batches(accelerator: Accelerator, loader: Any, start: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -142,8 +167,10 @@ def micro_batches(accelerator: Accelerator, loader: Any, start: int) -> Iterator
 def step_batches(s: Session, stream: Iterator[dict[str, Any]], step: int) -> Iterator[tuple[dict[str, Any], Draws]]:
     """Optimizer step `step`'s micro-batches, taken from the stream one at a time, each with its draws."""
     for index in range(step * s.config.grad_accum, (step + 1) * s.config.grad_accum):
-        batch = next(stream)
-        yield batch, draw(s, batch, index)
+        with record_function("fsdx/data"):
+            batch = next(stream)
+            draws = draw(s, batch, index)
+        yield batch, draws
 
 
 @dataclass
@@ -193,7 +220,8 @@ def accumulate(s: Session, micro_batches: Iterable[tuple[dict[str, Any], Draws]]
         # Gradients are all-reduced on the last micro-batch only (accumulation without wasted syncs).
         with _no_sync(s.accelerator, s.method.prepared, skip=number < count - 1):
             loss = micro_batch_loss(s, batch, draws)
-            s.accelerator.backward(loss / count)
+            with record_function("fsdx/backward"):
+                s.accelerator.backward(loss / count)
         step_loss += loss.detach() / count
     return step_loss
 
@@ -201,15 +229,17 @@ def accumulate(s: Session, micro_batches: Iterable[tuple[dict[str, Any], Draws]]
 def micro_batch_loss(s: Session, batch: dict[str, Any], draws: Draws) -> torch.Tensor:
     """The denoising loss of one micro-batch (Rombach et al. 2022, eq. 2; min-SNR weighting optional)."""
     device = s.accelerator.device
-    latents = encode_images(s, batch, draws.flips, draws.posterior)
-    text = encode_text(s, batch, draws.drops)
-    noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
-    noisy = s.base.noise_scheduler.add_noise(latents, noise, timesteps)
-    if "control" in batch:  # the sketch flips with its image
-        batch = {**batch, "control": _flip_where(batch["control"], draws.flips)}
-    with s.accelerator.autocast():
-        prediction = s.method.predict(noisy, timesteps, text, batch)
-    return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, s.config.snr_gamma)
+    with record_function("fsdx/encode"):  # reads of the latent cache when it is on
+        latents = encode_images(s, batch, draws.flips, draws.posterior)
+        text = encode_text(s, batch, draws.drops)
+    with record_function("fsdx/forward"):
+        noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
+        noisy = s.base.noise_scheduler.add_noise(latents, noise, timesteps)
+        if "control" in batch:  # the sketch flips with its image
+            batch = {**batch, "control": _flip_where(batch["control"], draws.flips)}
+        with s.accelerator.autocast():
+            prediction = s.method.predict(noisy, timesteps, text, batch)
+        return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, s.config.snr_gamma)
 
 
 def encode_images(s: Session, batch: dict[str, torch.Tensor], flips: torch.Tensor,

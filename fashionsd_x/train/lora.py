@@ -88,7 +88,9 @@ class LoraMethod(UNetMethod):
         return out / LORA_WEIGHTS
 
     def save(self, out: Path, metadata: dict[str, str]) -> None:
-        unet_state = get_peft_model_state_dict(self.base.unet)
+        # Conv adapters (conv1, conv2) are channels_last in training (session.place_models); safetensors stores
+        # only contiguous tensors.
+        unet_state = {name: tensor.contiguous() for name, tensor in get_peft_model_state_dict(self.base.unet).items()}
         text_state = get_peft_model_state_dict(self.base.text_encoder) if self.text_lora else {}
         kohya_metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.config.rank),
                           "ss_network_alpha": str(self.config.lora_alpha()),

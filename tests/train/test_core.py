@@ -101,3 +101,23 @@ def test_bf16_is_in_effect_inside_the_training_step(garments, tiny_base, tmp_pat
         assert frozen == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
     # Activations of the adapted attention run in bfloat16 under autocast, and in float32 without it.
     assert seen == {"bf16": (torch.bfloat16, True), "no": (torch.float32, False)}
+
+
+def test_loss_is_logged_every_log_every_steps_and_at_the_last(garments, tiny_base, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_lora(garments, str(tiny_base), tmp_path, **{**RUN, "max_steps": 5}, overrides={**FAST, "log_every": "2"})
+    accumulator = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("loss")] == [2, 4, 5]
+
+
+def test_compile_and_memory_layout_leave_the_state_dicts_as_they_were(garments, tiny_base, tmp_path):
+    # Compiled in place (nn.Module.compile): no "_orig_mod." prefix, so checkpoints and artifacts keep their names.
+    with lora_session(garments, tiny_base, tmp_path, compile=True) as s:
+        unet = s.method.prepared[0]
+        assert unet._compiled_call_impl is not None
+        assert not any("_orig_mod" in name for name in unet.state_dict())
+        convolution = next(module for module in unet.modules() if isinstance(module, torch.nn.Conv2d))
+        assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+        assert s.optimizer.optimizer.defaults["fused"] is True  # one kernel per tensor, not a Python loop
