@@ -33,6 +33,7 @@ import numpy as np
 from fashionsd_x.digests import combine, model_sha256, path_sha256
 from fashionsd_x.evaluate.metrics import DEFAULT_CLIP
 from fashionsd_x.evaluate.names import METRICS, VARIANTS
+from fashionsd_x.files import write_text
 from fashionsd_x.models.embedded import embedded_model, is_embedded
 from fashionsd_x.recipes.tiny import FOLDER_FIELDS, INPUTS_NAME, RESULT_NAME, RecipeConfig
 from fashionsd_x.train.config import (RUN_FIELDS, ConfigError, ControlNetTrainConfig, LoraTrainConfig, TrainConfig,
@@ -604,10 +605,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 __all__ = ["AblationError", "AblationResult", "Subset", "ablate", "plan_subsets", "route_overrides", "show"]
