@@ -35,6 +35,7 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 
 from fashionsd_x.data.conditioning import BlankSketchError, ink_mask
 from fashionsd_x.data.images import to_rgb
+from fashionsd_x.data.regions import BACKGROUND_THRESHOLD, garment_mask, largest_component
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.data.synth import PALETTE
 
@@ -50,7 +51,6 @@ INCEPTION_FEATURES = "2048"  # the pool3 layer every published FID uses
 KID_MAX_SUBSET = 1000  # torchmetrics' and torch-fidelity's default KID subset size, shrunk for smaller sets
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"
 SSIM_KERNEL, SSIM_SIGMA = 11, 1.5
-BACKGROUND_THRESHOLD = 245  # a pixel with every channel at or above this is background (white paper)
 OUTLINE_GAP_RADIUS = 2  # px: sketch_region bridges outline breaks up to twice this (any image size)
 
 
@@ -411,22 +411,6 @@ def _mean_distance(points: np.ndarray, lines: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- attributes
 
 
-def garment_mask(image: Image.Image, threshold: int = BACKGROUND_THRESHOLD) -> np.ndarray:
-    """Bool (H, W): the garment on a white background, as one filled region.
-
-    A pixel is garment when any channel is below THRESHOLD (white cloth is still off-white); a closing bridges
-    specular highlights that reach the threshold, the largest 8-connected region is the garment (specks and
-    stray marks are dropped) and its holes are filled. Meant for flat-lays on white (the synthetic catalogue,
-    in-shop photos), not for scenes.
-    """
-    rgb = np.asarray(to_rgb(image))
-    ink = (rgb < threshold).any(axis=2)
-    radius = max(1, round(min(ink.shape) / 128))  # 1 px up to 191 px, 4 px at 512
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    ink = cv2.morphologyEx(ink.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
-    return ndimage.binary_fill_holes(_largest_component(ink))
-
-
 def sketch_region(sketch: Image.Image, invert: bool = False) -> np.ndarray:
     """Bool (H, W): the area enclosed by the sketch's outer outline (lines included), its largest piece.
 
@@ -438,14 +422,7 @@ def sketch_region(sketch: Image.Image, invert: bool = False) -> np.ndarray:
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * OUTLINE_GAP_RADIUS + 1,) * 2)
     lines = cv2.morphologyEx(line_mask(sketch, invert).astype(np.uint8), cv2.MORPH_CLOSE, kernel)
-    return _largest_component(ndimage.binary_fill_holes(lines.astype(bool)))
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return np.zeros_like(mask, dtype=bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))  # label 0 is the background
+    return largest_component(ndimage.binary_fill_holes(lines.astype(bool)))
 
 
 def silhouette_iou(generated: Image.Image, input_sketch: Image.Image, threshold: int = BACKGROUND_THRESHOLD,

@@ -192,11 +192,16 @@ class ControlNetTrainConfig(TrainConfig):
     sketch_conditioning: dict[str, Any] | None = field(default_factory=lambda: SketchConditioning().to_dict())
     # Sketch-style augmentation (data.augment.SketchAugment fields; {} = its defaults); null = off, the paper's.
     sketch_augment: dict[str, Any] | None = None
+    # Weight of the sketch-consistency loss (train/consistency.py, after ControlNet++): the garment decoded from
+    # each step's predicted clean latents must fill the sketch's region; 0 = off, the paper's plain loss.
+    consistency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.conditioning_scale >= 0:
             raise ConfigError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
+        if not self.consistency_weight >= 0:
+            raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
         if self.sketch is not None:
             _parsed("sketch", SketchConfig.from_dict, self.sketch)
         _parsed("sketch_conditioning", SketchConditioning.from_dict, self.sketch_conditioning)

@@ -23,8 +23,9 @@ from fashionsd_x.data.conditioning import control_image
 from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
+from fashionsd_x.train.consistency import consistency_loss
 from fashionsd_x.train.core import train
-from fashionsd_x.train.data import dataset_sketch, derive_seed, image_tensor
+from fashionsd_x.train.data import dataset_sketch, derive_seed, image_tensor, region_tensor
 from fashionsd_x.train.lora import fuse_into_base
 from fashionsd_x.train.method import Method, add_metadata
 from fashionsd_x.train.result import TrainResult
@@ -102,23 +103,35 @@ class ControlNetMethod(Method):
         return {"image": image, "controlnet_conditioning_scale": self.config.conditioning_scale}
 
     def item_options(self) -> dict[str, Any]:
-        return {"conditioning": self.conditioning, "raw_sketch": self.augment is not None}
+        return {"conditioning": self.conditioning, "raw_sketch": self.augment is not None,
+                "region": self.config.consistency_weight > 0}
 
     def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
-        """Sketch-style augmentation, then conditioning, per sample (sample k draws from (SEED, k))."""
+        """Sketch-style augmentation, then conditioning, per sample (sample k draws from (SEED, k)); the garment's
+        region (for the consistency loss) is taken from the photo after it moved with its sketch."""
         augment, config = self.augment, self.config
         if augment is None:
             return
         device = batch["index"].device
-        controls, pixels = [], []
+        controls, pixels, regions = [], [], []
         for k, (sketch, image) in enumerate(zip(batch.pop("sketch_raw"), batch.pop("image_raw"))):
             sketch, image = augment_sample(sketch, image, augment, np.random.default_rng(derive_seed(seed, k)))
             controls.append(control_image(sketch, config.resolution, config.invert_sketch, self.conditioning))
             if augment.moves_garment():
                 pixels.append(image_tensor(Image.fromarray(image), config.resolution))
+            if config.consistency_weight > 0:
+                regions.append(region_tensor(Image.fromarray(image), config.resolution))
         batch["control"] = torch.stack(controls).to(device)
         if augment.moves_garment():  # the photo moved with its sketch
             batch["pixels"] = torch.stack(pixels).to(device)
+        if regions:
+            batch["region"] = torch.stack(regions).to(device)
+
+    def extra_loss(self, noisy, prediction, timesteps, batch):
+        weight = self.config.consistency_weight
+        if not weight:
+            return None
+        return weight * consistency_loss(self.base, noisy, prediction, timesteps, batch["region"])
 
     def enable_gradient_checkpointing(self) -> None:
         # The frozen UNet's activations are kept for the backward pass into the residuals too.

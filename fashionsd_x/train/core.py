@@ -42,6 +42,7 @@ from fashionsd_x.train.validation import validate
 
 CONFIG_NAME = "train_config.yaml"
 CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # the resolved config (YAML) inside every weights file
+FLIPPED = ("control", "region")  # per-sample image-shaped inputs mirrored with the image
 AUGMENT_STREAM = 0xA06  # seeds the per-sample augmentation apart from the step's other draws
 
 
@@ -235,11 +236,14 @@ def micro_batch_loss(s: Session, batch: dict[str, Any], draws: Draws) -> torch.T
     with record_function("fsdx/forward"):
         noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
         noisy = s.base.noise_scheduler.add_noise(latents, noise, timesteps)
-        if "control" in batch:  # the sketch flips with its image
-            batch = {**batch, "control": _flip_where(batch["control"], draws.flips)}
+        # The sketch and the garment's region flip with their image.
+        batch = {**batch, **{key: _flip_where(batch[key], draws.flips) for key in FLIPPED if key in batch}}
         with s.accelerator.autocast():
             prediction = s.method.predict(noisy, timesteps, text, batch)
-        return diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, s.config.snr_gamma)
+        loss = diffusion_loss(prediction, latents, noise, timesteps, s.base.noise_scheduler, s.config.snr_gamma)
+    with record_function("fsdx/extra_loss"):
+        extra = s.method.extra_loss(noisy, prediction, timesteps, batch)
+    return loss if extra is None else loss + extra
 
 
 def encode_images(s: Session, batch: dict[str, torch.Tensor], flips: torch.Tensor,

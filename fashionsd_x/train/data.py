@@ -18,6 +18,7 @@ from PIL import Image
 from fashionsd_x.data.build import REPORT_NAME
 from fashionsd_x.data.conditioning import SketchConditioning, control_image
 from fashionsd_x.data.images import pad_to_square, to_rgb
+from fashionsd_x.data.regions import garment_mask
 
 REQUIRED_COLUMNS = ("image", "text")
 
@@ -81,15 +82,19 @@ class TrainItems(torch.utils.data.Dataset):
 
     Keys: index; pixels (uncached) or latent_mean + latent_std (cached); input_ids, or the cached caption
     embedding `text` when `cached_text`; control (ControlNet), or with `raw_sketch` the dataset's sketch and
-    photo as uint8 arrays (sketch_raw, image_raw) for the training step to augment and condition.
+    photo as uint8 arrays (sketch_raw, image_raw) for the training step to augment and condition; with `region`
+    (and no raw_sketch, whose step finds it after augmenting) the garment's region, 1 x resolution x resolution
+    bool, for the sketch-consistency loss.
     """
 
     def __init__(self, split: Dataset, tokenizer: Any, resolution: int, control: bool = False,
                  invert_sketch: bool = False, cache: Any = None, cached_text: bool = True,
-                 conditioning: SketchConditioning = SketchConditioning(), raw_sketch: bool = False) -> None:
+                 conditioning: SketchConditioning = SketchConditioning(), raw_sketch: bool = False,
+                 region: bool = False) -> None:
         self.cached_text = cache is not None and cached_text
         self.raw_sketch = control and raw_sketch
-        self.columns = (([] if cache is not None and not self.raw_sketch else ["image"])
+        self.region = region and not self.raw_sketch
+        self.columns = (([] if cache is not None and not (self.raw_sketch or self.region) else ["image"])
                         + ([] if self.cached_text else ["text"]) + (["sketch"] if control else []))
         # Only the needed columns are decoded: a cached LoRA run never touches an image.
         self.split = split.select_columns(self.columns) if self.columns else split
@@ -97,9 +102,10 @@ class TrainItems(torch.utils.data.Dataset):
         self.conditioning = conditioning
         # A sketch's conditioning is the same every epoch (no augmentation on this path), and building it (decode,
         # binarise, resize, stroke width) is most of a cached ControlNet step's data time: built once per row,
-        # kept up to CONTROL_MEMO_BYTES (beyond that, built per step as before, so memory stays bounded).
-        self._controls: dict[int, torch.Tensor] = {}
-        self._control_bytes = 0
+        # kept up to CONTROL_MEMO_BYTES (beyond that, built per step as before, so memory stays bounded). The
+        # garment's region is kept the same way.
+        self._memo: dict[tuple[str, int], torch.Tensor] = {}
+        self._memo_bytes = 0
 
     def __len__(self) -> int:
         return self.split.num_rows
@@ -118,20 +124,28 @@ class TrainItems(torch.utils.data.Dataset):
             item["sketch_raw"] = np.asarray(row["sketch"].convert("L"))
             item["image_raw"] = np.asarray(to_rgb(row["image"]))
         elif "sketch" in row:
-            item["control"] = self._control(index, row["sketch"])
+            item["control"] = self._kept("control", index, lambda: control_image(
+                row["sketch"], self.resolution, self.invert_sketch, self.conditioning))
+        if self.region:
+            item["region"] = self._kept("region", index, lambda: region_tensor(row["image"], self.resolution))
         return item
 
-    def _control(self, index: int, sketch: Any) -> torch.Tensor:
-        """The conditioning of row INDEX's sketch, from the memo when it is there; a copy, so nothing downstream
-        (collation, device moves) can alter what is kept."""
-        if index in self._controls:
-            return self._controls[index].clone()
-        control = control_image(sketch, self.resolution, self.invert_sketch, self.conditioning)
-        size = control.element_size() * control.nelement()
-        if self._control_bytes + size <= CONTROL_MEMO_BYTES:
-            self._controls[index] = control.clone()
-            self._control_bytes += size
-        return control
+    def _kept(self, kind: str, index: int, build: Any) -> torch.Tensor:
+        """Row INDEX's KIND tensor, from the memo when it is there, else BUILD() (kept while the memo has room);
+        a copy, so nothing downstream (collation, device moves) can alter what is kept."""
+        if (kind, index) in self._memo:
+            return self._memo[kind, index].clone()
+        value = build()
+        size = value.element_size() * value.nelement()
+        if self._memo_bytes + size <= CONTROL_MEMO_BYTES:
+            self._memo[kind, index] = value.clone()
+            self._memo_bytes += size
+        return value
+
+
+def region_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """1 x resolution x resolution bool: the garment's region in a photo brought to the training canvas."""
+    return torch.from_numpy(garment_mask(pad_to_square(to_rgb(image), resolution)))[None]
 
 
 RAW_KEYS = ("sketch_raw", "image_raw")  # per-sample arrays that stay lists in a batch (sizes may differ)

@@ -62,6 +62,11 @@ class Method(ABC):
     def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
         """Complete a micro-batch in place before the loss, drawing only from SEED (ControlNet: augmentation)."""
 
+    def extra_loss(self, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor,
+                   batch: dict[str, Any]) -> torch.Tensor | None:
+        """A loss added to the denoising loss (ControlNet: sketch consistency), or None."""
+        return None
+
     def enable_gradient_checkpointing(self) -> None:
         for module in self.trainable():
             enable_checkpointing(module)
