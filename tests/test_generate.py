@@ -85,6 +85,28 @@ def test_same_seed_same_image_and_batch_equals_single(generator):
     assert not np.array_equal(pixels(batch[0]), pixels(batch[1]))
 
 
+@pytest.fixture(scope="module")
+def embedded() -> GarmentGenerator:
+    """The embedded model: unlike the random tiny base, its prompts decide the garment's colour."""
+    return GarmentGenerator.load(device="cpu")
+
+
+@pytest.mark.parametrize("with_sketch", [True, False])
+def test_several_prompts_in_one_batch_are_each_prompts_own_garments(embedded, with_sketch):
+    generator, prompts = embedded, ["a red dress", "a blue dress"]
+    sketch = _sketch("box", (96, 128)) if with_sketch else None
+    batch = generator(prompts, sketch=sketch, num_images=2, steps=STEPS, seed=4)
+    assert [(r.params.prompt, r.params.seed) for r in batch] == [(p, s) for p in prompts for s in (4, 5)]
+    alone = [generator(prompt, sketch=sketch, num_images=2, steps=STEPS, seed=4) for prompt in prompts]
+    for n in range(2):
+        for k in range(2):
+            assert np.abs(pixels(alone[n][k]) - pixels(batch[2 * n + k])).max() <= 2  # up to a batch's rounding
+    # The prompts give garments further apart than a batch's rounding, so each image is its own prompt's.
+    assert np.abs(pixels(alone[0][0]) - pixels(alone[1][0])).max() > 8
+    with pytest.raises(GenerationError, match="at least one prompt"):
+        generator([], sketch=sketch, steps=STEPS)
+
+
 def test_the_sketch_steers_the_output(generator):
     box = generator("a red dress", sketch=_sketch("box"), steps=STEPS, seed=3)[0]
     ellipse = generator("a red dress", sketch=_sketch("ellipse"), steps=STEPS, seed=3)[0]
