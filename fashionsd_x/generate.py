@@ -50,6 +50,7 @@ SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "fashionsd_x"  # adapter name of the loaded LoRA
 PNG_KEY = "fashionsd_x"  # PNG text chunk holding the JSON parameters; "parameters" holds the A1111-style line
+Source = str | Path | Image.Image  # a sketch or photo: a file path or an image in memory
 # torch's generator takes seeds up to 2**64 - 1, but the seed also goes to JSON, PNG text and SQLite (the study),
 # whose readers hold int64: one range everywhere, and no negative seed aliasing a positive one.
 MAX_SEED = 2**63 - 1
@@ -265,8 +266,8 @@ class GarmentGenerator:
     def resolution(self) -> int:
         return self.base.unet.config.sample_size * self.base.vae_scale_factor
 
-    def __call__(self, prompt: str | Sequence[str], sketch: str | Path | Image.Image | None = None,
-                 photo: str | Path | Image.Image | None = None, negative_prompt: str = "", num_images: int = 1,
+    def __call__(self, prompt: str | Sequence[str], sketch: Source | Sequence[Source] | None = None,
+                 photo: Source | Sequence[Source] | None = None, negative_prompt: str = "", num_images: int = 1,
                  steps: int = 20, guidance_scale: float = 7.5, controlnet_scale: float = 1.0,
                  lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
                  resolution: int | None = None, control_start: float = 0.0,
@@ -276,7 +277,8 @@ class GarmentGenerator:
 
         PROMPT may be a list: `num_images` garments for each prompt, prompt by prompt, made in one batch (on a CPU
         about twice as fast per garment as one call per prompt); each is the garment a call with that prompt
-        alone gives, up to float rounding (a batch's sums may round differently).
+        alone gives, up to float rounding (a batch's sums may round differently). SKETCH (or PHOTO) may then be a
+        list too, one per prompt: prompt k is drawn from sketch k, still in one batch.
 
         Every number is checked (`check_settings`) before anything runs: a NaN or an out-of-range value is a
         GenerationError, never a silently clipped setting or a black image."""
@@ -293,8 +295,13 @@ class GarmentGenerator:
         lora_scale = checked.get("lora_scale")
         resolution = checked.get("resolution") or self.resolution
         self.base.check_resolution(resolution)
-        conditioning, source, digest = self._conditioning(sketch if sketch is not None else photo, photo is not None,
-                                                          resolution)
+        given = sketch if sketch is not None else photo
+        if isinstance(given, (list, tuple)):
+            if len(given) != len(prompts):
+                raise GenerationError(f"give one sketch per prompt: {len(prompts)} prompt(s), {len(given)} sketch(es)")
+            sources = [self._conditioning(one, photo is not None, resolution) for one in given]
+        else:
+            sources = [self._conditioning(given, photo is not None, resolution)] * len(prompts)
         params = [GenerationParams(
             prompt=text, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
             controlnet_scale=controlnet_scale, control_start=checked["control_start"], control_end=checked["control_end"],
@@ -302,11 +309,12 @@ class GarmentGenerator:
             scheduler=scheduler, resolution=resolution, sketch=source, sketch_sha256=digest,
             from_photo=photo is not None, sketch_config=self.sketch_config.to_dict(), model=self.base.source,
             sketch_conditioning=self.conditioning.to_dict() if conditioning is not None else None,
-            lora=self.lora, controlnet=self.controlnet_path) for text in prompts]
+            lora=self.lora, controlnet=self.controlnet_path) for text, (conditioning, source, digest) in zip(prompts, sources)]
         self._set_lora_scale(params[0].lora_scale)
-        images = self._run(params, conditioning, num_images)
-        shown = _sketch_image(conditioning, self.invert_sketch)
-        return [Generated(images[n * num_images + k], replace(one, seed=seed + k), shown)
+        conditionings = [conditioning for conditioning, _, _ in sources]
+        images = self._run(params, conditionings, num_images)
+        shown = [_sketch_image(conditioning, self.invert_sketch) for conditioning in conditionings]
+        return [Generated(images[n * num_images + k], replace(one, seed=seed + k), shown[n])
                 for n, one in enumerate(params) for k in range(num_images)]
 
     def _conditioning(self, source: str | Path | Image.Image | None, is_photo: bool,
@@ -325,11 +333,12 @@ class GarmentGenerator:
         digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
         return tensor, (str(source) if not isinstance(source, Image.Image) else None), digest
 
-    def _run(self, batch: list[GenerationParams], conditioning: torch.Tensor | None,
+    def _run(self, batch: list[GenerationParams], conditionings: list[torch.Tensor] | list[None],
              count: int) -> list[Image.Image]:
-        """COUNT images for each of BATCH's prompts (its settings otherwise the same), prompt by prompt."""
-        params, total = batch[0], len(batch) * count
-        pipe = self.control_pipe if conditioning is not None else self.text_pipe
+        """COUNT images for each of BATCH's prompts, each with its own conditioning (all None, or none None) and
+        otherwise the same settings, prompt by prompt."""
+        params = batch[0]
+        pipe = self.control_pipe if conditionings[0] is not None else self.text_pipe
         pipe.scheduler = SCHEDULERS[params.scheduler].from_config(pipe.scheduler.config)
         embeddings = [self._encode(one.prompt, one.negative_prompt) for one in batch]
         positive = torch.cat([embedding[0].expand(count, -1, -1) for embedding in embeddings])
@@ -341,9 +350,10 @@ class GarmentGenerator:
             prompt_embeds=positive, negative_prompt_embeds=negative, num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale, height=params.resolution, width=params.resolution, latents=latents.to(self.device, self.dtype), generator=generators,
             output_type="np")
-        if conditioning is not None:
+        if conditionings[0] is not None:
+            image = torch.stack([conditioning for conditioning in conditionings for _ in range(count)])
             # Start 0 and end 1 are diffusers' own defaults: every step keeps the sketch, as before these options.
-            kwargs.update(image=conditioning.unsqueeze(0).expand(total, -1, -1, -1).to(self.device, self.dtype),
+            kwargs.update(image=image.to(self.device, self.dtype),
                           controlnet_conditioning_scale=params.controlnet_scale,
                           control_guidance_start=params.control_start, control_guidance_end=params.control_end)
         with torch.inference_mode():

@@ -107,6 +107,21 @@ def test_several_prompts_in_one_batch_are_each_prompts_own_garments(embedded, wi
         generator([], sketch=sketch, steps=STEPS)
 
 
+def test_each_prompt_may_have_its_own_sketch_in_one_batch(generator):
+    prompts, sketches = ["a red dress", "a blue skirt"], [_sketch("box"), _sketch("ellipse")]
+    batch = generator(prompts, sketch=sketches, num_images=2, steps=STEPS, seed=7)
+    assert [r.params.prompt for r in batch] == [prompts[0]] * 2 + [prompts[1]] * 2
+    for n, (prompt, sketch) in enumerate(zip(prompts, sketches)):
+        alone = generator(prompt, sketch=sketch, num_images=2, steps=STEPS, seed=7)
+        for k in range(2):
+            assert batch[2 * n + k].params.sketch_sha256 == alone[k].params.sketch_sha256
+            assert np.array_equal(np.asarray(batch[2 * n + k].sketch), np.asarray(alone[k].sketch))
+            assert np.abs(pixels(alone[k]) - pixels(batch[2 * n + k])).max() <= 2  # up to a batch's rounding
+    assert batch[0].params.sketch_sha256 != batch[2].params.sketch_sha256
+    with pytest.raises(GenerationError, match="one sketch per prompt: 2 prompt"):
+        generator(prompts, sketch=sketches[:1], steps=STEPS)
+
+
 def test_the_sketch_steers_the_output(generator):
     box = generator("a red dress", sketch=_sketch("box"), steps=STEPS, seed=3)[0]
     ellipse = generator("a red dress", sketch=_sketch("ellipse"), steps=STEPS, seed=3)[0]

@@ -195,9 +195,15 @@ class ControlNetTrainConfig(TrainConfig):
     # Weight of the sketch-consistency loss (train/consistency.py, after ControlNet++): the garment decoded from
     # each step's predicted clean latents must fill the sketch's region; 0 = off, the paper's plain loss.
     consistency_weight: float = 0.0
+    # Conditioning scale folded into the saved ControlNet's output convolutions (train/controlnet.py): at scale 1
+    # it acts as the trained weights at this scale, in every tool, diffusers' own pipeline included. Training
+    # always works on the weights without it (an init's recorded gain is taken out first).
+    output_gain: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not (math.isfinite(self.output_gain) and 0 < self.output_gain <= 10):
+            raise ConfigError(f"output_gain must be in (0, 10], got {self.output_gain}")
         if not self.conditioning_scale >= 0:
             raise ConfigError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
         if not self.consistency_weight >= 0:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
@@ -32,6 +33,9 @@ from fashionsd_x.train.result import TrainResult
 
 CONTROLNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what ControlNetModel.save_pretrained writes
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default sketch-embedding widths (3 stride-2 convs: 8x down)
+# The 1 x 1 convolutions whose outputs are the residuals added to the UNet; scaling their weights and biases
+# scales every residual, which is exactly what controlnet_conditioning_scale does at generation time.
+OUTPUT_LAYERS = ("controlnet_down_blocks", "controlnet_mid_block")
 
 
 def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/controlnet"),
@@ -145,8 +149,10 @@ class ControlNetMethod(Method):
         return out  # ControlNetModel.from_pretrained(OUT)
 
     def save(self, out: Path, metadata: dict[str, str]) -> None:
+        controlnet, gain = self.unwrap(self.prepared[0]), self.config.output_gain
         with export_folder(out) as staging:
-            self.unwrap(self.prepared[0]).save_pretrained(staging, safe_serialization=True)
+            scale_outputs(controlnet, gain)  # the final save: nothing trains on the scaled weights
+            controlnet.save_pretrained(staging, safe_serialization=True)
             add_metadata(staging / CONTROLNET_WEIGHTS, metadata)
 
 
@@ -167,4 +173,27 @@ def load_controlnet(init: str, base: Base) -> ControlNetModel:
     if not fits:
         raise ConfigError(f"init {init} is a ControlNet for another architecture than base {base.source} "
                           "(cross-attention width, block widths or latent scale differ)")
+    scale_outputs(controlnet, 1 / recorded_gain(init))  # training goes on from the trained weights themselves
     return controlnet
+
+
+def scale_outputs(controlnet: ControlNetModel, factor: float) -> None:
+    """Multiply every residual CONTROLNET adds to the UNet by FACTOR, in place (its output convolutions)."""
+    if factor == 1:
+        return
+    with torch.no_grad():
+        for name in OUTPUT_LAYERS:
+            for parameter in getattr(controlnet, name).parameters():
+                parameter.mul_(factor)
+
+
+def recorded_gain(controlnet: str | Path) -> float:
+    """The output_gain a FashionSD-X ControlNet folder records in its train_config.yaml; 1 for any other."""
+    config = Path(controlnet) / "train_config.yaml"
+    if not config.is_file():
+        return 1.0
+    try:
+        settings = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config}: not valid YAML: {first_line(error)}") from None
+    return float(settings.get("output_gain", 1.0)) if isinstance(settings, dict) else 1.0

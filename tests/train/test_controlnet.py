@@ -17,7 +17,7 @@ from transformers import CLIPTokenizer
 from fashionsd_x.data.conditioning import LEGACY, SketchConditioning, control_image
 from fashionsd_x.models.base import load_base
 from fashionsd_x.train.config import ConfigError
-from fashionsd_x.train.controlnet import CONTROLNET_WEIGHTS, train_controlnet
+from fashionsd_x.train.controlnet import CONTROLNET_WEIGHTS, OUTPUT_LAYERS, train_controlnet
 from fashionsd_x.train.data import TrainItems
 from fashionsd_x.train.lora import LoraMismatchError, fuse_into_base
 from tests.train.conftest import FAST, RUN, render
@@ -123,6 +123,39 @@ def test_augmented_training_resumes_exactly(garments, tiny_base, tmp_path):
     train_controlnet(garments, str(tiny_base), tmp_path / "split", overrides=overrides, resume="latest", **RUN)
     whole, split = (load_file(tmp_path / name / CONTROLNET_WEIGHTS) for name in ("whole", "split"))
     assert all(torch.equal(whole[key], split[key]) for key in whole)
+
+
+def test_output_gain_is_folded_into_the_saved_residuals_and_taken_out_to_train_on(garments, tiny_base, tmp_path):
+    gained = {**FAST, "output_gain": "1.5"}
+    train_controlnet(garments, str(tiny_base), tmp_path / "plain", overrides=FAST, **RUN)
+    train_controlnet(garments, str(tiny_base), tmp_path / "gain", overrides=gained, **RUN)
+    plain, gain = (load_file(tmp_path / name / CONTROLNET_WEIGHTS) for name in ("plain", "gain"))
+    outputs = [key for key in plain if key.startswith(OUTPUT_LAYERS)]
+    assert outputs and any(plain[key].abs().max() > 0 for key in outputs)  # trained away from their zero init
+    for key in plain:
+        torch.testing.assert_close(gain[key], plain[key] * (1.5 if key in outputs else 1.0))
+    assert yaml.safe_load((tmp_path / "gain" / "train_config.yaml").read_text())["output_gain"] == 1.5
+    # At scale 1 the gained ControlNet adds what the plain one adds at scale 1.5: what generation sees.
+    models = [ControlNetModel.from_pretrained(tmp_path / name) for name in ("plain", "gain")]
+    generator = torch.Generator().manual_seed(0)
+    config = models[0].config
+    side = 32 // 2 ** (len(config.conditioning_embedding_out_channels) - 1)  # RUN's resolution in latent pixels
+    latents = torch.randn(1, config.in_channels, side, side, generator=generator)
+    text = torch.randn(1, 77, config.cross_attention_dim, generator=generator)
+    control = torch.rand(1, 3, 32, 32, generator=generator)
+    residuals = [model(latents, 10, encoder_hidden_states=text, controlnet_cond=control, conditioning_scale=scale,
+                       return_dict=False) for model, scale in zip(models, (1.5, 1.0))]
+    for one, two in zip([*residuals[0][0], residuals[0][1]], [*residuals[1][0], residuals[1][1]]):
+        torch.testing.assert_close(one, two)
+    # Training goes on from the trained weights: from either folder, the same continuation.
+    for name in ("plain", "gain"):
+        train_controlnet(garments, str(tiny_base), tmp_path / f"on_{name}", init=str(tmp_path / name),
+                         overrides=gained, **RUN)
+    on_plain, on_gain = (load_file(tmp_path / name / CONTROLNET_WEIGHTS) for name in ("on_plain", "on_gain"))
+    for key in on_plain:  # dividing the gain out again rounds in the last bit, which 4 Adam steps carry on
+        torch.testing.assert_close(on_gain[key], on_plain[key], atol=1e-4, rtol=1e-3)
+    with pytest.raises(ConfigError, match="output_gain"):
+        train_controlnet(garments, str(tiny_base), tmp_path / "bad", overrides={**FAST, "output_gain": "0"}, **RUN)
 
 
 def test_moving_garments_need_uncached_latents(garments, tiny_base, tmp_path):
