@@ -75,8 +75,13 @@ def write_card(root: Path) -> Path:
               "silhouette.", ""]
     if stages["controlnet"].get("continued_from"):
         lines += ["This release retrained stages 4 and 5 on the shipped base (`fsdx train tiny --base-from`): a new "
-                  "LoRA, and the ControlNet continued from the previous one with normalised sketches and "
+                  "LoRA, and the ControlNet continued from the previous one with it fused, normalised sketches and "
                   "sketch-style augmentation (settings in controlnet/train_config.yaml).", ""]
+    gain = record["config"]["controlnet"].get("output_gain", 1.0)
+    if gain != 1:
+        lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
+                  f"(`output_gain`): at conditioning scale 1 it acts as the trained weights at {gain:g}, the scale "
+                  "that followed sketches best in the recipe's evaluation.", ""]
     if metrics:
         lines += [f"## Evaluation ({metrics['num_items']} held-out new-collection garments, `fsdx evaluate`)", "",
                   *_metric_rows(metrics["variants"]), ""]
