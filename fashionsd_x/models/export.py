@@ -67,8 +67,11 @@ def export_lora(lora: str | Path, path: str | Path) -> Path:
         metadata = handle.metadata() or {}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     unet = {key.removeprefix("unet."): value for key, value in tensors.items() if key.startswith("unet.")}
-    text = {key.removeprefix("text_encoder."): value for key, value in tensors.items()
-            if key.startswith("text_encoder.")}
+    # diffusers' save_lora_weights writes the text encoder's tensors in its older layout (lora_linear_layer.down
+    # and .up); they are PEFT's lora_A and lora_B, the names the kohya conversion reads.
+    text = {key.removeprefix("text_encoder.").replace(".lora_linear_layer.down.", ".lora_A.")
+            .replace(".lora_linear_layer.up.", ".lora_B."): value
+            for key, value in tensors.items() if key.startswith("text_encoder.")}
     if not unet and not text:
         raise ValueError(f"{source} holds no diffusers LoRA tensors (unet.* or text_encoder.* keys)")
     alpha, rank = _lora_alpha_and_rank(metadata, unet or text)

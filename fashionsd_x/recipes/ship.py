@@ -81,7 +81,7 @@ def write_card(root: Path) -> Path:
     if gain != 1:
         lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
                   f"(`output_gain`): at conditioning scale 1 it acts as the trained weights at {gain:g}, the scale "
-                  "that followed sketches best in the recipe's evaluation.", ""]
+                  "that followed sketches best when the evaluation swept it (FashionSD-X README, Stage 4).", ""]
     if metrics:
         lines += [f"## Evaluation ({metrics['num_items']} held-out new-collection garments, `fsdx evaluate`)", "",
                   *_metric_rows(metrics["variants"]), ""]
