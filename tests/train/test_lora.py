@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fashionsd_x.models.base import load_base
+from fashionsd_x.models.export import export_lora
 from fashionsd_x.train.config import LoraTrainConfig, read_yaml
 from fashionsd_x.train.core import CONFIG_METADATA_KEY, diffusion_loss
 from fashionsd_x.train.data import image_tensor, tokenize
@@ -95,6 +96,9 @@ def test_text_encoder_lora_with_alpha_in_both_formats(garments, tiny_base, tmp_p
     from_kohya.load_lora_weights(out / KOHYA_WEIGHTS)
     np.testing.assert_allclose(render(from_kohya), render(with_lora), atol=1e-5)
     assert np.abs(render(with_lora) - render(load_base(tiny_base).pipeline())).max() > 1e-3
+    # `fsdx export --lora` reads the diffusers file (text encoder in diffusers' older layout) to the same tensors.
+    exported = load_file(export_lora(out, tmp_path / "exported.safetensors"))
+    assert set(exported) == set(kohya) and all(torch.equal(exported[key], kohya[key]) for key in kohya)
 
 
 def test_v_prediction_base_trains_on_velocity(garments, tiny_v_base, tmp_path):
