@@ -32,15 +32,17 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     for name in COMPONENTS:
         shutil.copytree(recipe / FINAL_BASE / name, staging / name)
     standardize_text_encoder(staging)  # a base trained before the standard layout was written is brought to it
-    for folder, files in (("lora", LORA_FILES), ("controlnet", CONTROLNET_FILES)):
+    record = json.loads((recipe / "recipe.json").read_text(encoding="utf-8"))
+    for (source, folder), files in (((recipe / "lora", "lora"), LORA_FILES),
+                                    ((finished_controlnet(recipe, record), "controlnet"), CONTROLNET_FILES)):
         (staging / folder).mkdir()
         for name in files:
-            shutil.copy2(recipe / folder / name, staging / folder / name)
-    shutil.copy2(recipe / "controlnet" / "train_config.yaml", staging / "controlnet")  # its sketch settings
+            shutil.copy2(source / name, staging / folder / name)
+    # its sketch settings, which generation applies
+    shutil.copy2(finished_controlnet(recipe, record) / "train_config.yaml", staging / "controlnet")
     shutil.copy2(recipe / "recipe.json", staging)
     shutil.copy2(recipe / "eval" / "metrics.json", staging)
-    recipe_config = json.loads((recipe / "recipe.json").read_text(encoding="utf-8"))["config"]
-    write_demo_items(staging / "demo", recipe_config["resolution"])
+    write_demo_items(staging / "demo", record["config"]["resolution"])
     write_card(staging)
     embedded_model(staging)
     old = root.with_name(f".{root.name}.old")
@@ -50,6 +52,12 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     staging.rename(root)
     shutil.rmtree(old, ignore_errors=True)
     return root
+
+
+def finished_controlnet(recipe: Path, record: dict) -> Path:
+    """The ControlNet a recipe finished with: its consistency stage's when that stage trained, else stage 5's."""
+    consistency = record.get("stages", {}).get("consistency", {})
+    return recipe / ("consistency" if "steps" in consistency else "controlnet")
 
 
 def write_card(root: Path) -> Path:
@@ -77,6 +85,10 @@ def write_card(root: Path) -> Path:
         lines += ["This release retrained stages 4 and 5 on the shipped base (`fsdx train tiny --base-from`): a new "
                   "LoRA, and the ControlNet continued from the previous one with it fused, normalised sketches and "
                   "sketch-style augmentation (settings in controlnet/train_config.yaml).", ""]
+    if "steps" in stages.get("consistency", {}):
+        lines += ["Stage 6 (not in the paper) continued the ControlNet with a sketch-consistency loss, as ControlNet++ "
+                  "does: the garment decoded from each step's prediction is compared with the region inside its "
+                  "sketch (`consistency_weight` in controlnet/train_config.yaml).", ""]
     gain = record["config"]["controlnet"].get("output_gain", 1.0)
     if gain != 1:
         lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
@@ -108,8 +120,11 @@ def _stage_rows(stages: dict) -> list[str]:
                 f"{_minutes(vae['seconds'])} | {vae['hardware']['name']} ({vae['hardware']['torch_threads']} threads) |")
     for number, (name, title) in enumerate((("base", "UNet + text encoder from scratch"),
                                             ("refine", "base continued with offset noise"), ("lora", "LoRA"),
-                                            ("controlnet", "ControlNet (LoRA fused)")), start=2):
-        stage = stages[name]
+                                            ("controlnet", "ControlNet (LoRA fused)"),
+                                            ("consistency", "ControlNet + sketch consistency")), start=2):
+        stage = stages.get(name, {})
+        if "steps" not in stage:  # a recipe without the consistency stage
+            continue
         data_name = "catalogue" if name in ("base", "refine") else "new collection"
         rows.append(f"| {number}. {title} | {data_name} train | {stage['steps']} ({stage['epochs']:.1f} epochs) | "
                     f"{_minutes(stage['seconds'])} | {stage['hardware']} |")

@@ -13,7 +13,8 @@ from diffusers import StableDiffusionPipeline
 
 from fashionsd_x.models.embedded import embedded_model, size_mb
 from fashionsd_x.models.tiny import TinyConfig
-from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, run_recipe
+from fashionsd_x.recipes.ship import finished_controlnet
+from fashionsd_x.recipes.tiny import STAGES, DataSpec, RecipeConfig, final_controlnet, run_recipe
 from fashionsd_x.train.config import BaseTrainConfig, ControlNetTrainConfig, LoraTrainConfig
 from fashionsd_x.train.vae import VaeTrainConfig
 
@@ -26,6 +27,7 @@ MINIATURE = RecipeConfig(
     model=TinyConfig(sample_size=32, unet_channels=(16, 32), vae_channels=(8, 16), text_hidden=32, norm_groups=4),
     base=BaseTrainConfig(**FEW), refine=BaseTrainConfig(**FEW, noise_offset=0.1), eval_items=2, style_items=1,
     controlnet=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}),
+    consistency=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}, consistency_weight=0.25, seed=1),
     lora=LoraTrainConfig(**FEW, rank=2, target_modules=RecipeConfig().lora.target_modules))
 
 
@@ -65,6 +67,15 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     styles = record["stages"]["evaluate"]["styles"]
     assert len(styles["by_style"]) >= 6 and set(styles["variants"]) == {"vanilla", "lora", "fashionsd-x"}
     assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["sketch_augment"]
+    # What ships and what was evaluated is the ControlNet continued with the consistency loss, not stage 5's.
+    assert record["stages"]["consistency"]["steps"] == 2
+    assert record["stages"]["consistency"]["continued_from"] == str(out / "controlnet")
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (shipped / "controlnet" / weights).read_bytes() == (out / "consistency" / weights).read_bytes()
+    assert (shipped / "controlnet" / weights).read_bytes() != (out / "controlnet" / weights).read_bytes()
+    assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["consistency_weight"] == 0.25
+    assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "consistency")
+    assert "sketch consistency" in card
 
     # A second recipe takes the shipped base instead of training stages 1 to 3, and trains LoRA and ControlNet.
     again = tmp_path / "again"
@@ -118,6 +129,12 @@ def test_a_vae_trained_on_remakes_the_base_init_and_retrains_the_base(tmp_path):
 
     run_recipe(longer, out, stop_after="base")  # nothing changed: nothing is made again
     assert _written(out / "base") == base_written
+
+
+def test_without_the_consistency_stage_stage_5_is_what_ships(tmp_path):
+    assert final_controlnet(tmp_path, dataclasses.replace(MINIATURE, consistency=None)) == tmp_path / "controlnet"
+    assert finished_controlnet(tmp_path, {"stages": {"consistency": {"skipped": "off"}}}) == tmp_path / "controlnet"
+    assert finished_controlnet(tmp_path, {"stages": {"consistency": {"steps": 2}}}) == tmp_path / "consistency"
 
 
 def test_unknown_stage_is_refused(tmp_path):
