@@ -33,13 +33,13 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
         shutil.copytree(recipe / FINAL_BASE / name, staging / name)
     standardize_text_encoder(staging)  # a base trained before the standard layout was written is brought to it
     record = json.loads((recipe / "recipe.json").read_text(encoding="utf-8"))
-    for (source, folder), files in (((recipe / "lora", "lora"), LORA_FILES),
-                                    ((finished_controlnet(recipe, record), "controlnet"), CONTROLNET_FILES)):
+    controlnet = finished_controlnet(recipe, record)
+    # The ControlNet's train_config.yaml goes with it: its sketch settings, which generation applies.
+    for folder, source, files in (("lora", recipe / "lora", LORA_FILES),
+                                  ("controlnet", controlnet, (*CONTROLNET_FILES, "train_config.yaml"))):
         (staging / folder).mkdir()
         for name in files:
             shutil.copy2(source / name, staging / folder / name)
-    # its sketch settings, which generation applies
-    shutil.copy2(finished_controlnet(recipe, record) / "train_config.yaml", staging / "controlnet")
     shutil.copy2(recipe / "recipe.json", staging)
     shutil.copy2(recipe / "eval" / "metrics.json", staging)
     write_demo_items(staging / "demo", record["config"]["resolution"])

@@ -62,6 +62,14 @@ class DataSpec:
     framing: str = "centred"  # centred or varied (size and place drawn per garment): see data.synth.synthesize
 
 
+def _controlnet_config(**changes: Any) -> ControlNetTrainConfig:
+    """The recipe's ControlNet settings (stages 5 and 6), with CHANGES; a new config (and dict) on each call."""
+    return ControlNetTrainConfig(**{
+        "batch_size": 16, "lr": 2e-4, "snr_gamma": 5.0, "noise_offset": 0.1, "random_flip": True,
+        "caption_dropout": 0.1, "cache_latents": True, "checkpoint_every": 250, "keep_checkpoints": 2,
+        "num_validation_images": 8, "validation_steps": 20, "sketch_augment": {"probability": 0.7}, **changes})
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
     """Every setting of the embedded model's recipe (the defaults made the shipped model)."""
@@ -98,10 +106,7 @@ class RecipeConfig:
                         "conv1", "conv2"]))
     # Sketches normalised (the default) and, for 70% of samples, redrawn in another style (data.augment), so the
     # ControlNet follows a designer's outline as well as the dataset's own sketches.
-    controlnet: ControlNetTrainConfig = field(default_factory=lambda: ControlNetTrainConfig(
-        max_steps=5000, batch_size=16, lr=2e-4, snr_gamma=5.0, noise_offset=0.1, random_flip=True,
-        caption_dropout=0.1, cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8,
-        validation_steps=20, sketch_augment={"probability": 0.7}))
+    controlnet: ControlNetTrainConfig = field(default_factory=lambda: _controlnet_config(max_steps=5000))
     # ControlNet steps when it continues from the ControlNet of the model --base-from names (it already follows
     # the dataset's sketches; the new conditioning and sketch styles need far fewer steps than from scratch).
     controlnet_continue_steps: int = 3000
@@ -109,10 +114,8 @@ class RecipeConfig:
     # seed, so its draws differ): the denoising loss alone let garments spread past the drawn outline. Measured on
     # the sketch-style benchmark (README, "What was tried"): 250 steps at weight 0.25 raised IoU from 0.809 to
     # 0.835 and kept colour; 500 steps, or the weight 0.5, lost colour and fine lines. None: no such stage.
-    consistency: ControlNetTrainConfig | None = field(default_factory=lambda: ControlNetTrainConfig(
-        max_steps=250, batch_size=16, lr=2e-4, snr_gamma=5.0, noise_offset=0.1, random_flip=True,
-        caption_dropout=0.1, cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8,
-        validation_steps=20, sketch_augment={"probability": 0.7}, consistency_weight=0.25, seed=1))
+    consistency: ControlNetTrainConfig | None = field(default_factory=lambda: _controlnet_config(
+        max_steps=250, consistency_weight=0.25, seed=1))
     seed: int = 0  # the initial weights, the sketch-style benchmark (each training stage has its own seed)
     eval_items: int = 100  # held-out new-collection garments the final evaluation generates per variant
     style_items: int = 12  # sketches per style of the sketch-style benchmark the final evaluation also runs
@@ -299,31 +302,30 @@ def _lora(out: Path, config: RecipeConfig) -> dict[str, Any]:
 
 def _controlnet(out: Path, config: RecipeConfig, init: Path | None = None) -> dict[str, Any]:
     """Stage 5; from INIT (the ControlNet of the model --base-from names) for controlnet_continue_steps when given."""
-    from fashionsd_x.train.controlnet import train_controlnet
-
-    settings = config.controlnet
-    if init is not None:
-        settings = replace(settings, max_steps=config.controlnet_continue_steps)
-    inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "collection_data": out / "collection_data",
-              **({"init": init} if init is not None else {})}
-    figures = _train_stage(out / "controlnet", settings.max_steps, inputs, lambda: train_controlnet(
-        out / "collection_data", str(out / FINAL_BASE), out / "controlnet", lora=out / "lora", resume="latest",
-        init=None if init is None else str(init), **_settings(settings, config)))
-    return {**figures, **({"continued_from": str(init)} if init is not None else {})}
+    if init is None:
+        return _controlnet_stage(out, "controlnet", config.controlnet, config, None)
+    settings = replace(config.controlnet, max_steps=config.controlnet_continue_steps)
+    return _controlnet_stage(out, "controlnet", settings, config, ("init", init))
 
 
 def _consistency(out: Path, config: RecipeConfig) -> dict[str, Any]:
     """Stage 6: the ControlNet of stage 5 continued with the sketch-consistency loss (skipped when None)."""
-    from fashionsd_x.train.controlnet import train_controlnet
-
     if config.consistency is None:
         return {"skipped": "RecipeConfig.consistency is None"}
-    inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "controlnet": out / "controlnet",
-              "collection_data": out / "collection_data"}
-    figures = _train_stage(out / "consistency", config.consistency.max_steps, inputs, lambda: train_controlnet(
-        out / "collection_data", str(out / FINAL_BASE), out / "consistency", lora=out / "lora", resume="latest",
-        init=str(out / "controlnet"), **_settings(config.consistency, config)))
-    return {**figures, "continued_from": str(out / "controlnet")}
+    return _controlnet_stage(out, "consistency", config.consistency, config, ("controlnet", out / "controlnet"))
+
+
+def _controlnet_stage(out: Path, stage: str, settings: ControlNetTrainConfig, config: RecipeConfig,
+                      init: tuple[str, Path] | None) -> dict[str, Any]:
+    """`fsdx train controlnet` into OUT/STAGE with the LoRA fused, from INIT (its input name and folder) if given."""
+    from fashionsd_x.train.controlnet import train_controlnet
+
+    inputs = {FINAL_BASE: out / FINAL_BASE, "lora": out / "lora" / LORA_FILE, "collection_data": out / "collection_data",
+              **dict([init] if init is not None else [])}
+    figures = _train_stage(out / stage, settings.max_steps, inputs, lambda: train_controlnet(
+        out / "collection_data", str(out / FINAL_BASE), out / stage, lora=out / "lora", resume="latest",
+        init=None if init is None else str(init[1]), **_settings(settings, config)))
+    return {**figures, **({"continued_from": str(init[1])} if init is not None else {})}
 
 
 def final_controlnet(out: Path, config: RecipeConfig) -> Path:
