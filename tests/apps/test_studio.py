@@ -313,17 +313,19 @@ WATCH_CANVAS = """window.canvasWatch = {shown: 0, unready: 0}; let streak = 0;
   requestAnimationFrame(tick);"""
 # Every frame, from when it is installed: the most progress texts shown at once, whether a toast from before was gone
 # while a run was in progress, and the times (ms) the last run's warning line first went and progress last showed.
-WATCH_PROGRESS = """() => { window.watched = {progress: 0, toast_closed: false, line_gone: null, last_progress: null};
-  const shown = el => el.offsetParent !== null && el.textContent.trim() !== "";
-  const tick = () => { const progress = [...document.querySelectorAll(".progress-text")].filter(shown).length;
+SHOWN = 'el => el.offsetParent !== null && el.textContent.trim() !== ""'
+SHOWN_PROGRESS = f'[...document.querySelectorAll(".progress-text")].filter({SHOWN}).length'  # timers on screen
+WATCH_PROGRESS = f"""() => {{ window.watched = {{progress: 0, toast_closed: false, line_gone: null, last_progress: null}};
+  const shown = {SHOWN};
+  const tick = () => {{ const progress = {SHOWN_PROGRESS};
     const now = performance.now(), watched = window.watched;
     watched.progress = Math.max(watched.progress, progress);
     if (progress) watched.last_progress = now;
     if (watched.line_gone === null && !document.querySelector("#message").textContent.includes("⚠"))
       watched.line_gone = now;
     if (progress && ![...document.querySelectorAll(".toast-body")].some(shown)) watched.toast_closed = true;
-    requestAnimationFrame(tick); };
-  tick(); }"""
+    requestAnimationFrame(tick); }};
+  tick(); }}"""
 
 
 def _drag_at_once(page, start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -361,6 +363,9 @@ def test_browser_draw_at_once_then_one_progress_and_no_stale_warning(generator, 
         page.get_by_text("cannot use notes.png").first.wait_for(timeout=30_000)
         page.get_by_role("tab", name="Draw").click()
         assert "⚠" in page.locator("#message").inner_text()  # the empty prompt's warning, still up
+        # The tab switch is a round trip that enables the sketch sliders; on a loaded runner it can still be under
+        # way, its timer on those three sliders, and it is not the Generate's progress this test counts.
+        page.wait_for_function(f"!({SHOWN_PROGRESS})", timeout=30_000)
         page.evaluate(WATCH_PROGRESS)
         page.locator("#generate").click()
         page.locator("#downloads a").nth(1).wait_for(timeout=60_000)
