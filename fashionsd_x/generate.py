@@ -226,6 +226,7 @@ class GarmentGenerator:
         self.text_pipe = base.pipeline()
         self.lora_scale = lora_scale  # the scale currently applied to the UNet
         self.default_lora_scale = lora_scale  # what a call without lora_scale gets
+        self.default_guidance_scale = base.guidance_scale  # and without guidance_scale: the base's recommendation
         self.fused = False
         if lora:
             _load_lora(self.text_pipe, Path(lora))
@@ -268,12 +269,14 @@ class GarmentGenerator:
 
     def __call__(self, prompt: str | Sequence[str], sketch: Source | Sequence[Source] | None = None,
                  photo: Source | Sequence[Source] | None = None, negative_prompt: str = "", num_images: int = 1,
-                 steps: int = 20, guidance_scale: float = 7.5, controlnet_scale: float = 1.0,
+                 steps: int = 20, guidance_scale: float | None = None, controlnet_scale: float = 1.0,
                  lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
                  resolution: int | None = None, control_start: float = 0.0,
                  control_end: float = 1.0) -> list[Generated]:
         """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet, and acts from the
-        fraction `control_start` of the denoising steps to `control_end` (0 and 1: all of them).
+        fraction `control_start` of the denoising steps to `control_end` (0 and 1: all of them). Without
+        `guidance_scale` the base's recommended guidance is used (`default_guidance_scale`: 7.5 for Stable
+        Diffusion, 4 for the embedded model).
 
         PROMPT may be a list: `num_images` garments for each prompt, prompt by prompt, made in one batch (on a CPU
         about twice as fast per garment as one call per prompt); each is the garment a call with that prompt
@@ -291,8 +294,8 @@ class GarmentGenerator:
                                  controlnet_scale=controlnet_scale, lora_scale=lora_scale, seed=seed,
                                  resolution=resolution, control_start=control_start, control_end=control_end)
         num_images, steps, seed = checked["num_images"], checked["steps"], checked["seed"]
-        guidance_scale, controlnet_scale = checked["guidance_scale"], checked["controlnet_scale"]
-        lora_scale = checked.get("lora_scale")
+        guidance_scale = checked.get("guidance_scale", self.default_guidance_scale)
+        controlnet_scale, lora_scale = checked["controlnet_scale"], checked.get("lora_scale")
         resolution = checked.get("resolution") or self.resolution
         self.base.check_resolution(resolution)
         given = sketch if sketch is not None else photo
@@ -553,7 +556,7 @@ def generate(
     n: int = 4,
     seed: int = 0,
     steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     controlnet_scale: float = 1.0,
     lora_scale: float = 1.0,
     scheduler: Literal["unipc", "ddim", "euler_a", "dpm++"] = "unipc",
@@ -584,7 +587,8 @@ def generate(
         n: images per prompt, 1 to 64; image k uses seed + k.
         seed: seed of the first image, 0 to 2^63-1.
         steps: denoising steps, 1 to 1000.
-        guidance_scale: classifier-free guidance weight, 0 to 100.
+        guidance_scale: classifier-free guidance weight, 0 to 100 (default: the base's recommendation from
+            generation_defaults.json in its folder, 4 for the embedded model; 7.5 for any other base).
         controlnet_scale: sketch strength (ControlNet conditioning scale), 0 to 10.
         lora_scale: LoRA strength, -10 to 10.
         scheduler: sampler: unipc, ddim, euler_a or dpm++.
@@ -610,7 +614,7 @@ def generate(
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
     # 2. Load once; the folder is made when the first image (or the batch's report) is written.
     generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet, lora_scale=shared["lora_scale"])
-    steps, guidance_scale, controlnet_scale = shared["steps"], shared["guidance_scale"], shared["controlnet_scale"]
+    steps, guidance_scale, controlnet_scale = shared["steps"], shared.get("guidance_scale"), shared["controlnet_scale"]
     resolution = shared.get("resolution")
     state = process_state()
     files: list[Path] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image, ImageDraw
 
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
-from fashionsd_x.generate import GarmentGenerator, GenerationError, read_params
+from fashionsd_x.generate import GarmentGenerator, GenerationError, generate, read_params
 from fashionsd_x.models.base import load_base
 from fashionsd_x.models.tiny import TinyConfig, build_tiny_base
 from tests.conftest import garment
@@ -411,3 +412,17 @@ def test_batch_lines_and_the_command_line_set_the_sketch_span(models, tmp_path):
         generate(model=str(tmp_path / "no-base"), prompt="a dress", control_start=0.8, control_end=0.3,
                  out=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_without_guidance_the_bases_recommendation_is_used(models, tmp_path):
+    folder = shutil.copytree(models["base"], tmp_path / "base")
+    (folder / "generation_defaults.json").write_text('{"guidance_scale": 3}')
+    generator = GarmentGenerator.load(folder, device="cpu")
+    recommended, explicit = generator("a red dress", steps=STEPS)[0], generator("a red dress", steps=STEPS,
+                                                                                 guidance_scale=7.5)[0]
+    assert (recommended.params.guidance_scale, explicit.params.guidance_scale) == (3.0, 7.5)
+    assert np.array_equal(pixels(recommended), pixels(generator("a red dress", steps=STEPS, guidance_scale=3)[0]))
+    assert not np.array_equal(pixels(recommended), pixels(explicit))
+    run = generate(model=str(folder), prompt="a red dress", n=1, steps=STEPS, out=tmp_path / "out")  # fsdx generate
+    assert read_params(run.files[0]).guidance_scale == 3.0
+    assert GarmentGenerator.load(models["base"], device="cpu").default_guidance_scale == 7.5  # no file: SD's own

@@ -51,6 +51,7 @@ from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.evaluate.report import write_outputs
 from fashionsd_x.evaluate.sweep import Sweep, applied, label, parse_sweep, slug, swept_variants, trade_off
 from fashionsd_x.generate import GarmentGenerator, check_settings, process_state
+from fashionsd_x.models.base import recommended_guidance
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.provenance import package_versions
 
@@ -105,7 +106,7 @@ def evaluate(
     limit: int | None = None,
     steps: int = 20,
     seed: int = 0,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     clip_model: str = M.DEFAULT_CLIP,
     inception_weights: Path | None = None,
     resolution: int | None = None,
@@ -139,7 +140,8 @@ def evaluate(
         limit: evaluate only the first N items of the split.
         steps: denoising steps per image.
         seed: image i uses seed + i, the same in every variant.
-        guidance_scale: classifier-free guidance weight.
+        guidance_scale: classifier-free guidance weight (default: the base's recommendation, 4 for the embedded
+            model, 7.5 for others; see `fsdx generate`).
         clip_model: CLIP for the CLIP score: hub id (cached) or local folder.
         inception_weights: local Inception-v3 weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth).
         resolution: generated image side in pixels (default: the dataset images' side, which the base must be
@@ -153,11 +155,14 @@ def evaluate(
             lora variant); e.g. --sweep controlnet_scale=0.5,1 --sweep control_end=0.6,1.
     """
     # 1. Every input is checked before anything is generated: the settings, the sweep, the variants, the data.
-    settings = EvalSettings(steps=steps, seed=seed, guidance_scale=guidance_scale, resolution=resolution,
-                            controlnet_scale=controlnet_scale, lora_scale=lora_scale, control_start=control_start,
-                            control_end=control_end)
+    settings = EvalSettings(steps=steps, seed=seed, resolution=resolution, controlnet_scale=controlnet_scale,
+                            lora_scale=lora_scale, control_start=control_start, control_end=control_end,
+                            **({} if guidance_scale is None else {"guidance_scale": guidance_scale}))
     plan = parse_sweep(sweep, asdict(settings)) if sweep else None
     model, lora, controlnet = with_embedded(model, lora, controlnet)
+    if guidance_scale is None:  # the base's recommendation, recorded in the settings like any other value
+        settings = replace(settings, guidance_scale=recommended_guidance(model))
+        plan = parse_sweep(sweep, asdict(settings)) if sweep else None
     chosen = _variants(variants, lora, controlnet)
     if plan is not None:
         swept_variants(plan, chosen)

@@ -8,6 +8,7 @@ BaseLoadError with one line saying what was tried and what to pass instead (the 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 # Base and its error are defined with the pieces both loaders share; importing them from here keeps working.
-from fashionsd_x.models.components import PREDICTION_TYPES, Base, BaseLoadError, build_schedulers, first_line
+from fashionsd_x.models.components import (DEFAULT_GUIDANCE, GENERATION_DEFAULTS, PREDICTION_TYPES, Base, BaseLoadError,
+                                          build_schedulers, first_line)
 from fashionsd_x.models.embedded import embedded_model, is_embedded
 from fashionsd_x.models.single_file import load_single_file
 
@@ -77,6 +79,25 @@ def resolve_base(base: str | Path) -> tuple[str, str]:
     raise BaseLoadError(f"base {text!r} is no existing file or folder and no hub id; pass {ACCEPTED_FORMS}")
 
 
+def recommended_guidance(base: str | Path) -> float:
+    """The classifier-free guidance `base` recommends: its folder's GENERATION_DEFAULTS ({"guidance_scale": 4.0}),
+    else DEFAULT_GUIDANCE (hub ids and single files carry none). Read without loading any weights.
+
+    A small base trained from scratch can want much less guidance than Stable Diffusion's 7.5 (the embedded one
+    follows sketches and prompts best at 4), so its folder says so and every entry point defaults to it."""
+    kind, source = resolve_base(base)
+    path = Path(source) / GENERATION_DEFAULTS
+    if kind != "folder" or not path.is_file():
+        return DEFAULT_GUIDANCE
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["guidance_scale"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BaseLoadError(f"{path} is not a JSON object with a guidance_scale: {first_line(error)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise BaseLoadError(f"{path}: guidance_scale must be a number from 0 to 100, got {value!r}")
+    return float(value)
+
+
 def load_base(base: str | Path, config: str | Path | None = None, prediction_type: str | None = None,
               torch_dtype: torch.dtype = torch.float32) -> Base:
     """Load a Stable Diffusion 1.x/2.x base from a hub id, a diffusers folder or a .safetensors file.
@@ -92,7 +113,9 @@ def load_base(base: str | Path, config: str | Path | None = None, prediction_typ
     if config is not None:
         raise BaseLoadError(f"config={config} only applies to a single .safetensors file; the {kind} base {source} "
                             "carries its own configs")
-    return load_pretrained(source, kind, prediction_type, torch_dtype)
+    loaded = load_pretrained(source, kind, prediction_type, torch_dtype)
+    loaded.guidance_scale = recommended_guidance(source)
+    return loaded
 
 
 def load_pretrained(source: str, kind: str, prediction_type: str | None, torch_dtype: torch.dtype) -> Base:

@@ -27,6 +27,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from fashionsd_x.files import save_safetensors
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Classifier-free guidance of a base that recommends none (Stable Diffusion's own default). A base folder may ship
+# GENERATION_DEFAULTS with the guidance it was measured best at, which generation and evaluation then default to.
+DEFAULT_GUIDANCE = 7.5
+GENERATION_DEFAULTS = "generation_defaults.json"
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H text width; SD 1.x uses CLIP ViT-L's 768
 
 
@@ -46,6 +50,7 @@ class Base:
     source: str  # what the user passed: hub id, or the resolved folder/file path
     kind: str  # "hub", "folder" or "single_file"
     sampler: SchedulerMixin | None = None  # the base's own inference scheduler (PNDM for SD 1.5, DDIM for SD 2.1)
+    guidance_scale: float = DEFAULT_GUIDANCE  # what a generation that names none uses (recommended_guidance)
 
     @property
     def prediction_type(self) -> str:

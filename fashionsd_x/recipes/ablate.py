@@ -72,7 +72,7 @@ class EvalOptions:
     limit: int | None = None
     steps: int = 20
     seed: int = 0
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None until the base's recommendation is read
     clip_model: str = DEFAULT_CLIP
     inception_weights: str | None = None
 
@@ -90,7 +90,7 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
            category_column: str = "category", lora_steps: int | None = None, controlnet_steps: int | None = None,
            controlnet_init: str | None = None, lora_config: Path | None = None, controlnet_config: Path | None = None,
            num_processes: int = 1, variants: str | None = None, split: str = "test", limit: int | None = None,
-           steps: int = 20, eval_seed: int = 0, guidance_scale: float = 7.5, clip_model: str = DEFAULT_CLIP,
+           steps: int = 20, eval_seed: int = 0, guidance_scale: float | None = None, clip_model: str = DEFAULT_CLIP,
            inception_weights: Path | None = None, overrides: dict[str, Any] | None = None) -> AblationResult:
     """Train a LoRA and a ControlNet on nested subsets of the train split and evaluate each on the same test split.
 
@@ -129,7 +129,8 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
         limit: evaluate only the first N items of the split.
         steps: denoising steps per evaluation image.
         eval_seed: evaluation image i uses eval_seed + i.
-        guidance_scale: classifier-free guidance weight of the evaluation.
+        guidance_scale: classifier-free guidance weight of the evaluation (default: the base's recommendation, as
+            in `fsdx evaluate`).
         clip_model: CLIP for the CLIP score: hub id (cached) or local folder.
         inception_weights: local Inception-v3 weights file for FID/KID.
         overrides: any other training setting by name (values as YAML scalars); lora_NAME / controlnet_NAME for
@@ -145,6 +146,10 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
                             lora_steps, controlnet_steps, controlnet_init, overrides or {})
     chosen = _variants(variants, controlnet_steps == 0, controlnet_init)
     options = _eval_options(split, limit, steps, eval_seed, guidance_scale, clip_model, inception_weights)
+    if options.guidance_scale is None:  # the base's recommendation (fsdx evaluate's default), recorded with the runs
+        from fashionsd_x.models.base import recommended_guidance
+
+        options = replace(options, guidance_scale=recommended_guidance(base))
     # 2-3. Subsets, training and evaluation, run by run; vanilla once.
     vanilla = _evaluate(out / "vanilla", data, base, None, None, "vanilla", options) if "vanilla" in chosen else None
     runs, evaluations = [], [vanilla]
@@ -335,8 +340,8 @@ def _stage_config(cls: type[TrainConfig], path: Path | None, defaults: dict[str,
     return replace(config, **per_run)  # init None too: a YAML's init never leaks into the ablation
 
 
-def _eval_options(split: str, limit: int | None, steps: int, seed: int, guidance_scale: float, clip_model: str,
-                  inception_weights: Path | None) -> EvalOptions:
+def _eval_options(split: str, limit: int | None, steps: int, seed: int, guidance_scale: float | None,
+                  clip_model: str, inception_weights: Path | None) -> EvalOptions:
     """The evaluation's settings, checked as `fsdx evaluate` checks them (here before training, not after)."""
     from fashionsd_x.generate import check_settings
 

@@ -59,7 +59,7 @@ class DemoResult:
 
 
 def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: int = 20, seed: int = 0,
-             guidance_scale: float = 7.5) -> DemoResult:
+             guidance_scale: float | None = None) -> DemoResult:
     """Generate garments from the bundled sketches and prompts with the embedded model; write a contact sheet.
 
     OUT/images/<garment>_<n>.png are the garments (parameters in each PNG's text chunks) and
@@ -70,7 +70,7 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
         model: base model (default: the embedded tiny model with its LoRA and ControlNet).
         steps: denoising steps per garment.
         seed: seed of every garment.
-        guidance_scale: classifier-free guidance weight.
+        guidance_scale: classifier-free guidance weight (default: the model's recommendation).
     """
     started = time.monotonic()
     generator = GarmentGenerator.load(model)

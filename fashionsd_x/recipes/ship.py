@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from fashionsd_x.models.components import standardize_text_encoder
+from fashionsd_x.models.components import DEFAULT_GUIDANCE, GENERATION_DEFAULTS, standardize_text_encoder
 from fashionsd_x.models.embedded import (
     COMPONENTS,
     CONTROLNET_FILES,
@@ -42,6 +42,7 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
             shutil.copy2(source / name, staging / folder / name)
     shutil.copy2(recipe / "recipe.json", staging)
     shutil.copy2(recipe / "eval" / "metrics.json", staging)
+    write_generation_defaults(staging, record["config"].get("guidance_scale", DEFAULT_GUIDANCE))
     write_demo_items(staging / "demo", record["config"]["resolution"])
     write_card(staging)
     embedded_model(staging)
@@ -52,6 +53,14 @@ def ship_model(recipe: Path, root: Path = EMBEDDED_DIR) -> Path:
     staging.rename(root)
     shutil.rmtree(old, ignore_errors=True)
     return root
+
+
+def write_generation_defaults(root: Path, guidance_scale: float) -> Path:
+    """root/generation_defaults.json: the guidance the model was evaluated at, which every entry point defaults to
+    (`recommended_guidance`). A recipe from before the setting was evaluated at Stable Diffusion's 7.5."""
+    path = root / GENERATION_DEFAULTS
+    path.write_text(json.dumps({"guidance_scale": guidance_scale}, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def finished_controlnet(recipe: Path, record: dict) -> Path:
@@ -94,6 +103,9 @@ def write_card(root: Path) -> Path:
         lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
                   f"(`output_gain`): at conditioning scale 1 it acts as the trained weights at {gain:g}, the scale "
                   "that followed sketches best when the evaluation swept it (FashionSD-X README, Stage 4).", ""]
+    guidance = _read_guidance(root)
+    lines += [f"Generation defaults to classifier-free guidance {guidance:g} ({GENERATION_DEFAULTS}; Stable "
+              "Diffusion's is 7.5), the setting every evaluation below used.", ""]
     if metrics:
         lines += [f"## Evaluation ({metrics['num_items']} held-out new-collection garments, `fsdx evaluate`)", "",
                   *_metric_rows(metrics["variants"]), ""]
@@ -104,11 +116,18 @@ def write_card(root: Path) -> Path:
     lines += ["## Use", "", "```python", "from diffusers import StableDiffusionPipeline, ControlNetModel",
               "pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_DIR)",
               'pipe.load_lora_weights(EMBEDDED_DIR / "lora")',
-              'controlnet = ControlNetModel.from_pretrained(EMBEDDED_DIR / "controlnet")', "```", "",
+              'controlnet = ControlNetModel.from_pretrained(EMBEDDED_DIR / "controlnet")',
+              f'image = pipe("a red t-shirt", guidance_scale={guidance:g}).images[0]  # its recommended guidance',
+              "```", "",
               "or `fsdx generate --prompt ... [--sketch ...]` with no `--model`.", ""]
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _read_guidance(root: Path) -> float:
+    path = root / GENERATION_DEFAULTS
+    return json.loads(path.read_text(encoding="utf-8"))["guidance_scale"] if path.is_file() else DEFAULT_GUIDANCE
 
 
 def _stage_rows(stages: dict) -> list[str]:

@@ -18,7 +18,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, EulerDiscret
                        UNet2DConditionModel)
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from fashionsd_x.models.base import Base, BaseLoadError, load_base, resolve_base
+from fashionsd_x.models.base import Base, BaseLoadError, load_base, recommended_guidance, resolve_base
+from fashionsd_x.models.components import DEFAULT_GUIDANCE, GENERATION_DEFAULTS
 
 
 def render(pipeline: StableDiffusionPipeline) -> np.ndarray:
@@ -216,3 +217,24 @@ def test_hub_id_offline_fails_fast_with_one_line():
     assert seconds < 5, "an offline hub lookup must not wait on the network"
     assert "fashionsd-x-tests/no-such-model" in message and "hub id" in message and "offline" in message
     assert "local diffusers folder" in message and ".safetensors" in message
+
+
+def test_a_base_folder_recommends_its_guidance(tiny_base, tmp_path):
+    assert recommended_guidance(tiny_base) == DEFAULT_GUIDANCE == load_base(tiny_base).guidance_scale
+    assert recommended_guidance("stable-diffusion-v1-5/stable-diffusion-v1-5") == DEFAULT_GUIDANCE  # read offline
+    folder = shutil.copytree(tiny_base, tmp_path / "base")
+    (folder / GENERATION_DEFAULTS).write_text('{"guidance_scale": 4}')
+    assert recommended_guidance(folder) == 4.0 == load_base(folder).guidance_scale
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "not a JSON object with a guidance_scale"),
+                                           ('{"steps": 20}', "not a JSON object with a guidance_scale"),
+                                           ('{"guidance_scale": "high"}', "must be a number from 0 to 100"),
+                                           ('{"guidance_scale": NaN}', "must be a number from 0 to 100"),
+                                           ('{"guidance_scale": 250}', "must be a number from 0 to 100")])
+def test_a_bad_generation_defaults_file_is_one_line(tiny_base, tmp_path, text, message):
+    folder = shutil.copytree(tiny_base, tmp_path / "base")
+    (folder / GENERATION_DEFAULTS).write_text(text)
+    with pytest.raises(BaseLoadError, match=message) as error:
+        load_base(folder)
+    assert "\n" not in str(error.value) and GENERATION_DEFAULTS in str(error.value)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from diffusers import StableDiffusionPipeline
 
+from fashionsd_x.models.base import recommended_guidance
 from fashionsd_x.models.embedded import embedded_model, size_mb
 from fashionsd_x.models.tiny import TinyConfig
 from fashionsd_x.recipes.ship import finished_controlnet
@@ -76,6 +77,12 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["consistency_weight"] == 0.25
     assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "consistency")
     assert "sketch consistency" in card
+    # The guidance the evaluation used is the one the shipped base recommends, and a new one evaluates again.
+    assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 4.0
+    assert recommended_guidance(shipped) == 4.0 == MINIATURE.guidance_scale and "guidance 4" in card
+    run_recipe(dataclasses.replace(MINIATURE, guidance_scale=3.0), out, stop_after="evaluate")
+    for name in ("eval", "eval_styles"):
+        assert json.loads((out / name / "metrics.json").read_text())["settings"]["guidance_scale"] == 3.0
 
     # A second recipe takes the shipped base instead of training stages 1 to 3, and trains LoRA and ControlNet.
     again = tmp_path / "again"

@@ -78,7 +78,8 @@ def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
             with gr.Column(scale=5):
                 sketch_inputs = _sketch_tabs(source, has_controlnet, generator.resolution)
             with gr.Column(scale=4):
-                controls = _settings_controls(has_controlnet, generator.lora is not None)
+                controls = _settings_controls(has_controlnet, generator.lora is not None,
+                                              generator.default_guidance_scale)
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown(elem_id="message")
         with gr.Row():
@@ -164,15 +165,16 @@ def _photo_controls(resolution: int) -> dict[str, Any]:
     return controls
 
 
-def _settings_controls(has_controlnet: bool, has_lora: bool) -> list[Any]:
-    """The generation controls in Settings field order; a strength with nothing to act on is not shown."""
+def _settings_controls(has_controlnet: bool, has_lora: bool, guidance: float) -> list[Any]:
+    """The generation controls in Settings field order; a strength with nothing to act on is not shown. Guidance
+    starts at the model's recommendation (`guidance`)."""
     prompt = gr.Textbox(label="Prompt", placeholder="a red striped t-shirt", lines=2, elem_id="prompt")
     negative = gr.Textbox(label="Negative prompt", placeholder="blurry, low quality", elem_id="negative")
     with gr.Row():
         num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="num-images")
         steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id="steps")
     with gr.Row():
-        guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+        guidance = gr.Slider(1.0, 15.0, value=guidance, step=0.5, label="Guidance", elem_id="guidance")
         sketch_strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Sketch strength",
                                     elem_id="sketch-strength", visible=has_controlnet, interactive=has_controlnet)
         lora_strength = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="LoRA strength", elem_id="lora-strength",
