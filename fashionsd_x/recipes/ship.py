@@ -64,9 +64,9 @@ def write_generation_defaults(root: Path, guidance_scale: float) -> Path:
 
 
 def finished_controlnet(recipe: Path, record: dict) -> Path:
-    """The ControlNet a recipe finished with: its consistency stage's when that stage trained, else stage 5's."""
-    consistency = record.get("stages", {}).get("consistency", {})
-    return recipe / ("consistency" if "steps" in consistency else "controlnet")
+    """The ControlNet a recipe finished with: that of the last ControlNet stage that trained (7, 6, else 5)."""
+    stages = record.get("stages", {})
+    return recipe / next((name for name in ("framing", "consistency") if "steps" in stages.get(name, {})), "controlnet")
 
 
 def write_card(root: Path) -> Path:
@@ -98,6 +98,10 @@ def write_card(root: Path) -> Path:
         lines += ["Stage 6 (not in the paper) continued the ControlNet with a sketch-consistency loss, as ControlNet++ "
                   "does: the garment decoded from each step's prediction is compared with the region inside its "
                   "sketch (`consistency_weight` in controlnet/train_config.yaml).", ""]
+    if "steps" in stages.get("framing", {}):
+        lines += ["Stage 7 (not in the paper) continued it with each garment and its sketch scaled and moved together "
+                  "(`sketch_augment` in controlnet/train_config.yaml), so that small and off-centre garments on a "
+                  "designer's page are followed.", ""]
     gain = record["config"]["controlnet"].get("output_gain", 1.0)
     if gain != 1:
         lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
@@ -140,9 +144,10 @@ def _stage_rows(stages: dict) -> list[str]:
     for number, (name, title) in enumerate((("base", "UNet + text encoder from scratch"),
                                             ("refine", "base continued with offset noise"), ("lora", "LoRA"),
                                             ("controlnet", "ControlNet (LoRA fused)"),
-                                            ("consistency", "ControlNet + sketch consistency")), start=2):
+                                            ("consistency", "ControlNet + sketch consistency"),
+                                            ("framing", "ControlNet + garments scaled and moved")), start=2):
         stage = stages.get(name, {})
-        if "steps" not in stage:  # a recipe without the consistency stage
+        if "steps" not in stage:  # a recipe without the consistency or framing stage
             continue
         data_name = "catalogue" if name in ("base", "refine") else "new collection"
         rows.append(f"| {number}. {title} | {data_name} train | {stage['steps']} ({stage['epochs']:.1f} epochs) | "

@@ -29,6 +29,8 @@ MINIATURE = RecipeConfig(
     base=BaseTrainConfig(**FEW), refine=BaseTrainConfig(**FEW, noise_offset=0.1), eval_items=2, style_items=1,
     controlnet=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}),
     consistency=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}, consistency_weight=0.25, seed=1),
+    framing=ControlNetTrainConfig(**{**FEW, "cache_latents": False}, consistency_weight=0.25, seed=2,
+                                  sketch_augment={"probability": 0.7, "scale_range": [0.55, 1.0], "shift": 0.15}),
     lora=LoraTrainConfig(**FEW, rank=2, target_modules=RecipeConfig().lora.target_modules))
 
 
@@ -68,15 +70,18 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     styles = record["stages"]["evaluate"]["styles"]
     assert len(styles["by_style"]) >= 6 and set(styles["variants"]) == {"vanilla", "lora", "fashionsd-x"}
     assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["sketch_augment"]
-    # What ships and what was evaluated is the ControlNet continued with the consistency loss, not stage 5's.
-    assert record["stages"]["consistency"]["steps"] == 2
+    # What ships and what was evaluated is the last ControlNet stage's: stage 5's, continued with the consistency
+    # loss (6), then with garments scaled and moved (7).
+    assert record["stages"]["consistency"]["steps"] == 2 and record["stages"]["framing"]["steps"] == 2
     assert record["stages"]["consistency"]["continued_from"] == str(out / "controlnet")
+    assert record["stages"]["framing"]["continued_from"] == str(out / "consistency")
     weights = "diffusion_pytorch_model.safetensors"
-    assert (shipped / "controlnet" / weights).read_bytes() == (out / "consistency" / weights).read_bytes()
-    assert (shipped / "controlnet" / weights).read_bytes() != (out / "controlnet" / weights).read_bytes()
-    assert yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())["consistency_weight"] == 0.25
-    assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "consistency")
-    assert "sketch consistency" in card
+    assert (shipped / "controlnet" / weights).read_bytes() == (out / "framing" / weights).read_bytes()
+    assert len({(out / stage / weights).read_bytes() for stage in ("controlnet", "consistency", "framing")}) == 3
+    shipped_config = yaml.safe_load((shipped / "controlnet" / "train_config.yaml").read_text())
+    assert shipped_config["consistency_weight"] == 0.25 and shipped_config["sketch_augment"]["shift"] == 0.15
+    assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "framing")
+    assert "sketch consistency" in card and "scaled and moved" in card
     # The guidance the evaluation used is the one the shipped base recommends, and a new one evaluates again.
     assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 4.0
     assert recommended_guidance(shipped) == 4.0 == MINIATURE.guidance_scale and "guidance 4" in card
@@ -138,10 +143,23 @@ def test_a_vae_trained_on_remakes_the_base_init_and_retrains_the_base(tmp_path):
     assert _written(out / "base") == base_written
 
 
-def test_without_the_consistency_stage_stage_5_is_what_ships(tmp_path):
-    assert final_controlnet(tmp_path, dataclasses.replace(MINIATURE, consistency=None)) == tmp_path / "controlnet"
-    assert finished_controlnet(tmp_path, {"stages": {"consistency": {"skipped": "off"}}}) == tmp_path / "controlnet"
+def test_the_last_controlnet_stage_that_is_on_is_what_ships(tmp_path):
+    assert final_controlnet(tmp_path, MINIATURE) == tmp_path / "framing"
+    assert final_controlnet(tmp_path, dataclasses.replace(MINIATURE, framing=None)) == tmp_path / "consistency"
+    assert final_controlnet(tmp_path, dataclasses.replace(MINIATURE, consistency=None, framing=None)) == (
+        tmp_path / "controlnet")
+    off = {"skipped": "off"}
+    assert finished_controlnet(tmp_path, {"stages": {"consistency": off, "framing": off}}) == tmp_path / "controlnet"
     assert finished_controlnet(tmp_path, {"stages": {"consistency": {"steps": 2}}}) == tmp_path / "consistency"
+    assert finished_controlnet(tmp_path, {"stages": {"consistency": {"steps": 2}, "framing": {"steps": 2}}}) == (
+        tmp_path / "framing")
+
+
+def test_without_the_consistency_stage_framing_continues_stage_5(tmp_path):
+    run_recipe(dataclasses.replace(MINIATURE, consistency=None), tmp_path, stop_after="framing")
+    record = json.loads((tmp_path / "recipe.json").read_text())
+    assert "skipped" in record["stages"]["consistency"] and not (tmp_path / "consistency").exists()
+    assert record["stages"]["framing"]["continued_from"] == str(tmp_path / "controlnet")
 
 
 def test_unknown_stage_is_refused(tmp_path):
