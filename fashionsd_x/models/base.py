@@ -85,7 +85,11 @@ def recommended_guidance(base: str | Path) -> float:
 
     A small base trained from scratch can want much less guidance than Stable Diffusion's 7.5 (the embedded one
     follows sketches and prompts best at 4), so its folder says so and every entry point defaults to it."""
-    kind, source = resolve_base(base)
+    return _guidance_of(*resolve_base(base))
+
+
+def _guidance_of(kind: str, source: str) -> float:
+    """recommended_guidance of a base resolve_base has already checked."""
     path = Path(source) / GENERATION_DEFAULTS
     if kind != "folder" or not path.is_file():
         return DEFAULT_GUIDANCE
@@ -114,7 +118,7 @@ def load_base(base: str | Path, config: str | Path | None = None, prediction_typ
         raise BaseLoadError(f"config={config} only applies to a single .safetensors file; the {kind} base {source} "
                             "carries its own configs")
     loaded = load_pretrained(source, kind, prediction_type, torch_dtype)
-    loaded.guidance_scale = recommended_guidance(source)
+    loaded.guidance_scale = _guidance_of(kind, source)
     return loaded
 
 

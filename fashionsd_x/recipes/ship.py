@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fashionsd_x.models.base import recommended_guidance
 from fashionsd_x.models.components import DEFAULT_GUIDANCE, GENERATION_DEFAULTS, standardize_text_encoder
 from fashionsd_x.models.embedded import (
     COMPONENTS,
@@ -107,7 +108,7 @@ def write_card(root: Path) -> Path:
         lines += [f"The ControlNet is saved with a gain of {gain:g} folded into its output convolutions "
                   f"(`output_gain`): at conditioning scale 1 it acts as the trained weights at {gain:g}, the scale "
                   "that followed sketches best when the evaluation swept it (FashionSD-X README, Stage 4).", ""]
-    guidance = _read_guidance(root)
+    guidance = recommended_guidance(root)
     lines += [f"Generation defaults to classifier-free guidance {guidance:g} ({GENERATION_DEFAULTS}; Stable "
               "Diffusion's is 7.5), the setting every evaluation below used.", ""]
     if metrics:
@@ -127,11 +128,6 @@ def write_card(root: Path) -> Path:
     path = root / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _read_guidance(root: Path) -> float:
-    path = root / GENERATION_DEFAULTS
-    return json.loads(path.read_text(encoding="utf-8"))["guidance_scale"] if path.is_file() else DEFAULT_GUIDANCE
 
 
 def _stage_rows(stages: dict) -> list[str]:
