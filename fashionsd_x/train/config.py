@@ -116,8 +116,12 @@ class TrainConfig:
             raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-ready values with the stage first (what train_config.yaml holds)."""
-        return {"stage": self.stage, **asdict(self)}
+        """Plain YAML-ready values with the stage first (what train_config.yaml holds).
+
+        Tuples become lists, as they come back from YAML or JSON: a checkpoint's recorded config is compared
+        with this when resuming, and a setting given as a tuple in Python must not read as changed.
+        """
+        return _plain({"stage": self.stage, **asdict(self)})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -374,3 +378,13 @@ def _at_least(name: str, value: int, minimum: int) -> None:
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    """VALUE with every tuple, at any depth, made a list."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+

@@ -125,6 +125,19 @@ def test_augmented_training_resumes_exactly(garments, tiny_base, tmp_path):
     assert all(torch.equal(whole[key], split[key]) for key in whole)
 
 
+def test_a_run_set_up_in_python_with_a_tuple_resumes(garments, tiny_base, tmp_path):
+    # The recipe passes scale_range as a tuple; the checkpoint records it as JSON (a list), and resuming compares
+    # the two: they must read as the same setting, or an interrupted recipe stage could never go on.
+    moving = {"probability": 1.0, "scale_range": (0.6, 1.0), "shift": 0.1}
+    settings, overrides = {**RUN, "sketch_augment": moving}, {**FAST, "checkpoint_every": "1"}
+    train_controlnet(garments, str(tiny_base), tmp_path / "run", overrides=overrides, **{**settings, "max_steps": 1})
+    resumed = train_controlnet(garments, str(tiny_base), tmp_path / "run", overrides=overrides, resume="latest",
+                               **settings)
+    assert resumed.steps == RUN["max_steps"] > 1
+    assert yaml.safe_load((tmp_path / "run" / "train_config.yaml").read_text())["sketch_augment"]["scale_range"] == [
+        0.6, 1.0]
+
+
 def test_output_gain_is_folded_into_the_saved_residuals_and_taken_out_to_train_on(garments, tiny_base, tmp_path):
     gained = {**FAST, "output_gain": "1.5"}
     train_controlnet(garments, str(tiny_base), tmp_path / "plain", overrides=FAST, **RUN)
