@@ -83,7 +83,8 @@ def write_card(root: Path) -> Path:
              "own recipe (`fsdx train tiny`) on synthetic flat-lay garments, 128 x 128 px. It exists so that "
              "everything runs offline on a laptop CPU; it knows 7 garment types, 13 colours and 4 prints, nothing else.",
              "", "## Recipe", "", "| stage | data | steps | time | hardware |", "| --- | --- | --- | --- | --- |"]
-    lines += _stage_rows(stages)
+    text_encoder = record.get("config", {}).get("lora", {}).get("train_text_encoder", False)
+    lines += _stage_rows(stages, lora_title="LoRA (UNet and text encoder)" if text_encoder else "LoRA")
     lines += ["", "Stages 1 to 3 are not in the paper, which starts from Stable Diffusion's pretrained weights; "
               "none can be downloaded here. Stage 3 goes on with offset noise: at 32 x 32 latents the noisiest "
               "training step still shows the garment's mean colour, and a base trained without it takes the colour "
@@ -130,7 +131,7 @@ def write_card(root: Path) -> Path:
     return path
 
 
-def _stage_rows(stages: dict) -> list[str]:
+def _stage_rows(stages: dict, lora_title: str = "LoRA") -> list[str]:
     data = stages["data"]
     rows = [f"| 0. synthetic data | {_data_cell('catalogue', data['catalogue'])}; "
             f"{_data_cell('new collection', data['collection'])} | | | |"]
@@ -138,7 +139,7 @@ def _stage_rows(stages: dict) -> list[str]:
     rows.append(f"| 1. VAE from scratch | catalogue train | {vae['steps']} x {vae['config']['batch_size']} | "
                 f"{_minutes(vae['seconds'])} | {vae['hardware']['name']} ({vae['hardware']['torch_threads']} threads) |")
     for number, (name, title) in enumerate((("base", "UNet + text encoder from scratch"),
-                                            ("refine", "base continued with offset noise"), ("lora", "LoRA"),
+                                            ("refine", "base continued with offset noise"), ("lora", lora_title),
                                             ("controlnet", "ControlNet (LoRA fused)"),
                                             ("consistency", "ControlNet + sketch consistency"),
                                             ("framing", "ControlNet + garments scaled and moved")), start=2):

@@ -31,7 +31,8 @@ MINIATURE = RecipeConfig(
     consistency=ControlNetTrainConfig(**FEW, sketch_augment={"probability": 0.7}, consistency_weight=0.25, seed=1),
     framing=ControlNetTrainConfig(**{**FEW, "cache_latents": False}, consistency_weight=0.25, seed=2,
                                   sketch_augment={"probability": 0.7, "scale_range": [0.55, 1.0], "shift": 0.15}),
-    lora=LoraTrainConfig(**FEW, rank=2, target_modules=RecipeConfig().lora.target_modules))
+    lora=LoraTrainConfig(**FEW, rank=2, target_modules=RecipeConfig().lora.target_modules,
+                         train_text_encoder=RecipeConfig().lora.train_text_encoder))
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +64,8 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     parts = embedded_model(shipped)
     pipe = StableDiffusionPipeline.from_pretrained(parts.base, safety_checker=None)
     pipe.load_lora_weights(parts.lora)
+    # The shipped LoRA adapts the text encoder too (the prints' words), and loads into it.
+    assert any(".lora_A." in name for name, _ in pipe.text_encoder.named_parameters())
     assert 0 < size_mb(shipped) < 20  # a 32 px model: mostly the 49408-token embedding and the tokenizer
     card = (shipped / "README.md").read_text()
     assert "## Recipe" in card and "## Evaluation" in card
