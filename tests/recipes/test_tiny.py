@@ -86,11 +86,11 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "framing")
     assert "sketch consistency" in card and "scaled and moved" in card
     # The guidance the evaluation used is the one the shipped base recommends, and a new one evaluates again.
-    assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 4.0
-    assert recommended_guidance(shipped) == 4.0 == MINIATURE.guidance_scale and "guidance 4" in card
-    run_recipe(dataclasses.replace(MINIATURE, guidance_scale=3.0), out, stop_after="evaluate")
+    assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 3.0
+    assert recommended_guidance(shipped) == 3.0 == MINIATURE.guidance_scale and "guidance 3" in card
+    run_recipe(dataclasses.replace(MINIATURE, guidance_scale=5.0), out, stop_after="evaluate")
     for name in ("eval", "eval_styles"):
-        assert json.loads((out / name / "metrics.json").read_text())["settings"]["guidance_scale"] == 3.0
+        assert json.loads((out / name / "metrics.json").read_text())["settings"]["guidance_scale"] == 5.0
 
     # A second recipe takes the shipped base instead of training stages 1 to 3, and trains LoRA and ControlNet.
     again = tmp_path / "again"
