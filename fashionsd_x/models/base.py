@@ -84,7 +84,7 @@ def recommended_guidance(base: str | Path) -> float:
     else DEFAULT_GUIDANCE (hub ids and single files carry none). Read without loading any weights.
 
     A small base trained from scratch can want much less guidance than Stable Diffusion's 7.5 (the embedded one
-    follows sketches and prompts best at 4), so its folder says so and every entry point defaults to it."""
+    follows sketches and prompts best at 3), so its folder says so and every entry point defaults to it."""
     return _guidance_of(*resolve_base(base))
 
 

@@ -83,7 +83,7 @@ def write_card(root: Path) -> Path:
              "own recipe (`fsdx train tiny`) on synthetic flat-lay garments, 128 x 128 px. It exists so that "
              "everything runs offline on a laptop CPU; it knows 7 garment types, 13 colours and 4 prints, nothing else.",
              "", "## Recipe", "", "| stage | data | steps | time | hardware |", "| --- | --- | --- | --- | --- |"]
-    text_encoder = record.get("config", {}).get("lora", {}).get("train_text_encoder", False)
+    text_encoder = record["config"]["lora"].get("train_text_encoder", False)
     lines += _stage_rows(stages, lora_title="LoRA (UNet and text encoder)" if text_encoder else "LoRA")
     lines += ["", "Stages 1 to 3 are not in the paper, which starts from Stable Diffusion's pretrained weights; "
               "none can be downloaded here. Stage 3 goes on with offset noise: at 32 x 32 latents the noisiest "

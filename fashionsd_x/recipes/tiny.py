@@ -105,7 +105,7 @@ class RecipeConfig:
     # a dot or a check, and its attention layers alone (8 x 8 latent pixels) cannot teach the finer levels to.
     # And on the text encoder's attention: it has never read the prints' words (the catalogue is solid and
     # striped), so a UNet-only LoRA drew the asked print for 11% of the benchmark's print prompts and this one
-    # for 36% (README, "What was tried"); the ControlNet stages after it train with both halves fused.
+    # for 36% (text only, guidance 4; README, "What was tried"); the ControlNet stages after it train with both halves fused.
     lora: LoraTrainConfig = field(default_factory=lambda: LoraTrainConfig(
         max_steps=1500, batch_size=16, lr=1e-3, rank=8, snr_gamma=5.0, noise_offset=0.1, random_flip=True,
         cache_latents=True, checkpoint_every=250, keep_checkpoints=2, num_validation_images=8, validation_steps=20,
