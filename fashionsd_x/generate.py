@@ -276,7 +276,7 @@ class GarmentGenerator:
         """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet, and acts from the
         fraction `control_start` of the denoising steps to `control_end` (0 and 1: all of them). Without
         `guidance_scale` the base's recommended guidance is used (`default_guidance_scale`: 7.5 for Stable
-        Diffusion, 4 for the embedded model).
+        Diffusion, the embedded model's own for it).
 
         PROMPT may be a list: `num_images` garments for each prompt, prompt by prompt, made in one batch (on a CPU
         about twice as fast per garment as one call per prompt); each is the garment a call with that prompt
@@ -588,7 +588,7 @@ def generate(
         seed: seed of the first image, 0 to 2^63-1.
         steps: denoising steps, 1 to 1000.
         guidance_scale: classifier-free guidance weight, 0 to 100 (default: the base's recommendation from
-            generation_defaults.json in its folder, 4 for the embedded model; 7.5 for any other base).
+            generation_defaults.json in its folder, as the embedded model has; 7.5 for any other base).
         controlnet_scale: sketch strength (ControlNet conditioning scale), 0 to 10.
         lora_scale: LoRA strength, -10 to 10.
         scheduler: sampler: unipc, ddim, euler_a or dpm++.

@@ -140,8 +140,8 @@ def evaluate(
         limit: evaluate only the first N items of the split.
         steps: denoising steps per image.
         seed: image i uses seed + i, the same in every variant.
-        guidance_scale: classifier-free guidance weight (default: the base's recommendation, 4 for the embedded
-            model, 7.5 for others; see `fsdx generate`).
+        guidance_scale: classifier-free guidance weight (default: the base's recommendation: the embedded
+            model's own, 7.5 for others; see `fsdx generate`).
         clip_model: CLIP for the CLIP score: hub id (cached) or local folder.
         inception_weights: local Inception-v3 weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth).
         resolution: generated image side in pixels (default: the dataset images' side, which the base must be

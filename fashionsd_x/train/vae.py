@@ -151,20 +151,22 @@ def _step_loss(vae: AutoencoderKL, pixels: torch.Tensor, config: VaeTrainConfig,
 
 
 def _save_checkpoint(root: Path, step: int, config: VaeTrainConfig, vae: AutoencoderKL,
-                     optimizer: torch.optim.Optimizer, seconds: float = 0.0) -> Path:
+                     optimizer: torch.optim.Optimizer, seconds: float = 0.0, loss: float | None = None) -> Path:
     """checkpoint-<step> written atomically with its manifest (train.checkpoints.write_checkpoint), then pruned."""
     def fill(folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, folder / WEIGHTS_NAME)
         save_optimizer(optimizer.state_dict(), folder)
-        state = {"step": step, "stage": "vae", "config": asdict(config), "seconds": round(seconds, 1)}
+        # The step's L1 too: a run resumed at its last step reports it instead of a loss it never computed.
+        state = {"step": step, "stage": "vae", "config": asdict(config), "seconds": round(seconds, 1), "loss": loss}
         (folder / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
 
     return write_checkpoint(root, step, fill, config.keep_checkpoints)
 
 
 def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> tuple[int, float]:
-    """Load weights and optimizer from `checkpoint`; returns its step and the training seconds before it.
+            device: torch.device) -> tuple[int, float, float | None]:
+    """Load weights and optimizer from `checkpoint`; returns its step, the training seconds before it and the
+    L1 of its last step (None in a checkpoint that did not record it).
     Refuses another architecture or seed."""
     state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
     if state.get("stage") != "vae":
@@ -177,7 +179,7 @@ def _resume(checkpoint: Path, config: VaeTrainConfig, vae: AutoencoderKL, optimi
                               "use the same settings or start in a new OUT")
     vae.load_state_dict(load_file(checkpoint / WEIGHTS_NAME, device=str(device)))
     optimizer.load_state_dict(load_optimizer(checkpoint, device))
-    return int(state["step"]), float(state.get("seconds", 0.0))
+    return int(state["step"]), float(state.get("seconds", 0.0)), state.get("loss")
 
 
 @torch.no_grad()
@@ -237,9 +239,9 @@ def train_vae(config: VaeTrainConfig, data: Path, out: Path, resume: str | None 
     vae = build_vae(config).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
     checkpoint = find_checkpoint(out / "checkpoints", resume) if resume else None
-    start, seconds_before = _resume(checkpoint, config, vae, optimizer, device) if checkpoint else (0, 0.0)
+    start, seconds_before, loss = _resume(checkpoint, config, vae, optimizer, device) if checkpoint else (0, 0.0, None)
     # 3. The loop: one batch, one step, a checkpoint every N steps.
-    started, loss = time.monotonic(), float("nan")
+    started = time.monotonic()
     vae.train()
     for step in range(start, config.max_steps):
         batch = pixels[_batch_indices(len(pixels), config.batch_size, config.seed, step)].to(device)
@@ -251,7 +253,7 @@ def train_vae(config: VaeTrainConfig, data: Path, out: Path, resume: str | None 
         optimizer.step()
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _save_checkpoint(out / "checkpoints", step + 1, config, vae, optimizer,
-                             seconds_before + time.monotonic() - started)
+                             seconds_before + time.monotonic() - started, loss)
     # 4. The VAE as a diffusers folder, with the report beside it.
     vae.register_to_config(scaling_factor=_scaling_factor(vae, pixels, device))
     with export_folder(out / "vae") as staging:  # checked finite, then moved into place atomically

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def test_resume_equals_an_uninterrupted_run(garments, tmp_path):
     fresh = load_file(tmp_path / "split" / "checkpoints" / "checkpoint-5" / "vae.safetensors")
     assert any(not torch.equal(fresh[name], second[name]) for name in fresh)  # the resumed run really trained on
 
+
+def test_a_run_resumed_at_its_last_step_reports_the_loss_it_finished_with(garments, tmp_path):
+    """Resumed with nothing left to train (as the recipe does when it runs again), the report keeps the run's
+    final loss; it once wrote NaN there, which is not JSON."""
+    config = replace(TINY, max_steps=6, checkpoint_every=6)
+    train_vae(config, garments, tmp_path)
+    finished = json.loads((tmp_path / "vae_train.json").read_text(encoding="utf-8"))
+    train_vae(config, garments, tmp_path, resume="latest")
+    again = json.loads((tmp_path / "vae_train.json").read_text(encoding="utf-8"),
+                       parse_constant=lambda name: pytest.fail(f"{name} in vae_train.json"))
+    assert again["start_step"] == 6 and 0 < again["final_l1"] == finished["final_l1"]
 
 def test_checkpoints_hold_only_safetensors_json_and_the_marker(garments, tmp_path):
     train_vae(replace(TINY, max_steps=6, checkpoint_every=2), garments, tmp_path)
