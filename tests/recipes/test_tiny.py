@@ -86,8 +86,8 @@ def test_stops_after_a_stage_then_resumes_skipping_finished_ones_and_ships(tmp_p
     assert json.loads((out / "eval" / "metrics.json").read_text())["controlnet"] == str(out / "framing")
     assert "sketch consistency" in card and "scaled and moved" in card
     # The guidance the evaluation used is the one the shipped base recommends, and a new one evaluates again.
-    assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 3.0
-    assert recommended_guidance(shipped) == 3.0 == MINIATURE.guidance_scale and "guidance 3" in card
+    assert json.loads((out / "eval" / "metrics.json").read_text())["settings"]["guidance_scale"] == 2.0
+    assert recommended_guidance(shipped) == 2.0 == MINIATURE.guidance_scale and "guidance 2" in card
     run_recipe(dataclasses.replace(MINIATURE, guidance_scale=5.0), out, stop_after="evaluate")
     for name in ("eval", "eval_styles"):
         assert json.loads((out / name / "metrics.json").read_text())["settings"]["guidance_scale"] == 5.0
