@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import ControlNetModel
@@ -47,7 +49,8 @@ def test_lora_export_equals_the_kohya_file_training_wrote(tmp_path):
     exported, shipped = load_file(str(path)), load_file(str(EMBEDDED_DIR / "lora" / "pytorch_lora_weights_kohya.safetensors"))
     assert set(exported) == set(shipped) and any(key.startswith("lora_unet_") for key in exported)
     assert all(torch.equal(exported[key], shipped[key]) for key in shipped)
-    assert safe_open(str(path), "pt").metadata()["ss_network_dim"] == "8"
+    rank = json.loads((EMBEDDED_DIR / "recipe.json").read_text(encoding="utf-8"))["config"]["lora"]["rank"]
+    assert safe_open(str(path), "pt").metadata()["ss_network_dim"] == str(rank)  # the rank the LoRA trained with
 
 
 def test_export_command(tiny_base, controlnet_folder, tmp_path):
