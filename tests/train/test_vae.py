@@ -76,6 +76,7 @@ def test_a_run_resumed_at_its_last_step_reports_the_loss_it_finished_with(garmen
                        parse_constant=lambda name: pytest.fail(f"{name} in vae_train.json"))
     assert again["start_step"] == 6 and 0 < again["final_l1"] == finished["final_l1"]
 
+
 def test_checkpoints_hold_only_safetensors_json_and_the_marker(garments, tmp_path):
     train_vae(replace(TINY, max_steps=6, checkpoint_every=2), garments, tmp_path)
     folders = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
