@@ -38,7 +38,8 @@ from diffusers import (
 from PIL import Image, PngImagePlugin
 from safetensors import SafetensorError, safe_open
 
-from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, control_image
+from fashionsd_x.data.conditioning import (BlankSketchError, SketchConditioning, SketchRegion, control_image,
+                                          explain_sketch as explain_page)
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.models.base import Base, load_base
@@ -140,7 +141,8 @@ class GenerationParams:
     sketch_sha256: str | None = None  # hash of the conditioning image, to check a replay uses the same one
     from_photo: bool = False  # the sketch was extracted from a photo with `sketch_config`
     sketch_config: dict = field(default_factory=lambda: SketchConfig().to_dict())  # extraction settings for photos
-    sketch_conditioning: dict | None = None  # how the sketch was normalised (the ControlNet's); None without sketch
+    sketch_conditioning: dict | None = None  # how the sketch was normalised (the ControlNet's, with cleanup as run)
+    sketch_region: list[float] | None = None  # the page cut to this box (x0, y0, x1, y1 fractions) before all else
     model: str = ""  # base as given
     lora: str | None = None  # LoRA folder or file
     controlnet: str | None = None  # ControlNet folder
@@ -153,6 +155,19 @@ class GenerationParams:
         check_settings(seed=self.seed, steps=self.steps, guidance_scale=self.guidance_scale,
                        controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution,
                        control_start=self.control_start, control_end=self.control_end)
+        try:
+            SketchRegion.parse(self.sketch_region)
+        except ValueError as error:
+            raise GenerationError(str(error)) from None
+
+    @property
+    def region(self) -> SketchRegion | None:
+        return SketchRegion.parse(self.sketch_region)
+
+    @property
+    def sketch_cleanup(self) -> bool | None:
+        """Whether the page was cleaned up (None: no sketch, or a PNG written before cleanup existed)."""
+        return (self.sketch_conditioning or {}).get("cleanup")
 
 
 @dataclass
@@ -271,8 +286,9 @@ class GarmentGenerator:
                  photo: Source | Sequence[Source] | None = None, negative_prompt: str = "", num_images: int = 1,
                  steps: int = 20, guidance_scale: float | None = None, controlnet_scale: float = 1.0,
                  lora_scale: float | None = None, seed: int = 0, scheduler: str = "unipc",
-                 resolution: int | None = None, control_start: float = 0.0,
-                 control_end: float = 1.0) -> list[Generated]:
+                 resolution: int | None = None, control_start: float = 0.0, control_end: float = 1.0,
+                 sketch_region: SketchRegion | str | Sequence[float] | None = None,
+                 sketch_cleanup: bool | None = None) -> list[Generated]:
         """Generate `num_images` garments; image k uses seed + k. A sketch needs a ControlNet, and acts from the
         fraction `control_start` of the denoising steps to `control_end` (0 and 1: all of them). Without
         `guidance_scale` the base's recommended guidance is used (`default_guidance_scale`: 7.5 for Stable
@@ -282,6 +298,11 @@ class GarmentGenerator:
         about twice as fast per garment as one call per prompt); each is the garment a call with that prompt
         alone gives, up to float rounding (a batch's sums may round differently). SKETCH (or PHOTO) may then be a
         list too, one per prompt: prompt k is drawn from sketch k, still in one batch.
+
+        The sketch's page is cleaned up (`data.page`: printing, notes, a figure, a photo's surroundings removed)
+        as the ControlNet's conditioning says, unless `sketch_cleanup` says otherwise; `sketch_region`
+        ((x0, y0, x1, y1) fractions of the page, or "x0,y0,x1,y1") cuts the page to the garment's box first.
+        Both are recorded in each image's parameters.
 
         Every number is checked (`check_settings`) before anything runs: a NaN or an out-of-range value is a
         GenerationError, never a silently clipped setting or a black image."""
@@ -299,20 +320,25 @@ class GarmentGenerator:
         resolution = checked.get("resolution") or self.resolution
         self.base.check_resolution(resolution)
         given = sketch if sketch is not None else photo
+        region, conditioning_settings = self.sketch_settings(sketch_region, sketch_cleanup)
+        if region is not None and given is None:
+            raise GenerationError("a sketch region needs a sketch (or photo) to cut: pass one, or leave out the region")
         if isinstance(given, (list, tuple)):
             if len(given) != len(prompts):
                 raise GenerationError(f"give one sketch per prompt: {len(prompts)} prompt(s), {len(given)} sketch(es)")
-            sources = [self._conditioning(one, photo is not None, resolution) for one in given]
+            sources = [self._conditioning(one, photo is not None, resolution, conditioning_settings, region)
+                       for one in given]
         else:
-            sources = [self._conditioning(given, photo is not None, resolution)] * len(prompts)
+            sources = [self._conditioning(given, photo is not None, resolution, conditioning_settings, region)
+                       ] * len(prompts)
         params = [GenerationParams(
             prompt=text, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
             controlnet_scale=controlnet_scale, control_start=checked["control_start"], control_end=checked["control_end"],
             lora_scale=self.default_lora_scale if lora_scale is None else lora_scale,
             scheduler=scheduler, resolution=resolution, sketch=source, sketch_sha256=digest,
             from_photo=photo is not None, sketch_config=self.sketch_config.to_dict(), model=self.base.source,
-            sketch_conditioning=self.conditioning.to_dict() if conditioning is not None else None,
-            lora=self.lora, controlnet=self.controlnet_path) for text, (conditioning, source, digest) in zip(prompts, sources)]
+            sketch_conditioning=conditioning_settings.to_dict() if conditioning is not None else None,
+            sketch_region=region.to_list() if region is not None else None, lora=self.lora, controlnet=self.controlnet_path) for text, (conditioning, source, digest) in zip(prompts, sources)]
         self._set_lora_scale(params[0].lora_scale)
         conditionings = [conditioning for conditioning, _, _ in sources]
         images = self._run(params, conditionings, num_images)
@@ -320,17 +346,41 @@ class GarmentGenerator:
         return [Generated(images[n * num_images + k], replace(one, seed=seed + k), shown[n])
                 for n, one in enumerate(params) for k in range(num_images)]
 
-    def _conditioning(self, source: str | Path | Image.Image | None, is_photo: bool,
-                      resolution: int) -> tuple[torch.Tensor | None, str | None, str | None]:
+    def sketch_settings(self, region: SketchRegion | str | Sequence[float] | None,
+                        cleanup: bool | None) -> tuple[SketchRegion | None, SketchConditioning]:
+        """The region (checked) and the ControlNet's sketch conditioning with `cleanup` applied when given."""
+        try:
+            region = SketchRegion.parse(region)
+        except ValueError as error:
+            raise GenerationError(str(error)) from None
+        if cleanup is not None and not isinstance(cleanup, bool):
+            raise GenerationError(f"sketch_cleanup must be true or false (on or off), got {cleanup!r}")
+        return region, self.conditioning if cleanup is None else replace(self.conditioning, cleanup=cleanup)
+
+    def explain(self, source: Source, sketch_region: SketchRegion | str | Sequence[float] | None = None,
+                sketch_cleanup: bool | None = None) -> tuple[Image.Image, dict[str, float]]:
+        """The page as this generator's cleanup reads it (`data.conditioning.explain_sketch`): kept line in black,
+        what was removed coloured by kind, the region's box; and the share of ink removed per kind."""
+        region, conditioning = self.sketch_settings(sketch_region, sketch_cleanup)
+        try:
+            return explain_page(_open(source), conditioning, region)
+        except BlankSketchError as error:
+            raise GenerationError(f"cannot use {_name(source)} as a sketch: {error}") from None
+
+    def _conditioning(self, source: str | Path | Image.Image | None, is_photo: bool, resolution: int,
+                      conditioning: SketchConditioning, region: SketchRegion | None,
+                      ) -> tuple[torch.Tensor | None, str | None, str | None]:
         if source is None:
             return None, None, None
         if self.control_pipe is None:
             raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
         image = _open(source)
         if is_photo:
-            image = extract_sketch(pad_to_square(image, resolution), self.sketch_config)
+            image = extract_sketch(pad_to_square(region.crop(image) if region else image, resolution),
+                                   self.sketch_config)
+            region = None  # already cut
         try:
-            tensor = control_image(image, resolution, self.invert_sketch, self.conditioning)
+            tensor = control_image(image, resolution, self.invert_sketch, conditioning, region)
         except BlankSketchError as error:
             raise GenerationError(f"cannot use {_name(source)} as a sketch: {error}") from None
         digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
@@ -565,14 +615,22 @@ def generate(
     batch: Path | None = None,
     control_start: float = 0.0,
     control_end: float = 1.0,
+    sketch_region: str | None = None,
+    sketch_cleanup: Literal["on", "off"] | None = None,
+    explain_sketch: bool = False,
 ) -> GenerationRun:
     """Generate garment images from a prompt and an optional sketch (or a photo to extract one from).
 
     Writes OUT/<item>_<seed>.png (each PNG's text chunks hold every parameter needed to reproduce it) and
     appends one line per image to OUT/generations.jsonl. With --batch, every line of a JSONL file is an item
     ({"prompt": ..., "sketch": ..., and optionally "photo", "negative_prompt", "seed", "n", "control_start",
-    "control_end"}); bad lines are
-    skipped and listed in OUT/skipped.jsonl. Several processes (accelerate launch) split the items. Every
+    "control_end", "sketch_region" (a list of four fractions or "x0,y0,x1,y1"), "sketch_cleanup" ("on" or
+    "off")}); bad lines are skipped and listed in OUT/skipped.jsonl.
+
+    A sketch may be a whole designer's page: cleanup removes the paper's printing (ruled lines, grids, dot grids),
+    notes with their leader lines, a figure drawn around the garment and the table around a photographed sheet
+    (--explain-sketch shows what it removed); --sketch-region says where the garment is when a page holds more
+    than one. Several processes (accelerate launch) split the items. Every
     input is checked before the model loads; a refused run writes nothing.
 
     Args:
@@ -599,6 +657,13 @@ def generate(
             first step).
         control_end: fraction of the denoising steps after which the sketch stops acting, above --control-start,
             up to 1 (1: to the last step; lower: the sketch sets the shape early, the prompt finishes the details).
+        sketch_region: where the garment is on the sketch's page, x0,y0,x1,y1 as fractions of its width and
+            height (e.g. 0,0,0.5,1: the left half); the page is cut to it before anything else.
+        sketch_cleanup: on: find the garment on the page (remove printing, notes, a figure, a photo's
+            surroundings); off: every dark mark is a line, for a ControlNet trained on pages as they are
+            (default: the ControlNet's own setting, on for FashionSD-X's).
+        explain_sketch: also write, per sketch, OUT/<item>_sketch.png (what the model sees) and
+            OUT/<item>_sketch_explained.png (the page: kept line black, removed ink coloured by kind, the region).
     """
     # 1. Every input is checked before a model is loaded or a file is written: a rejected run leaves nothing.
     shared = check_settings(num_images=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
@@ -608,7 +673,9 @@ def generate(
         raise GenerationError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     out = _check_out(Path(out))
     span = {"control_start": shared["control_start"], "control_end": shared["control_end"]}
-    items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch, span)
+    page = {"sketch_region": _region(sketch_region), "sketch_cleanup": _cleanup(sketch_cleanup)}
+    items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch,
+                            span, page)
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
@@ -626,23 +693,45 @@ def generate(
                                     negative_prompt=item.get("negative_prompt", ""), num_images=item["n"],
                                     steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale,
                                     seed=item["seed"], scheduler=scheduler, resolution=resolution,
-                                    control_start=item["control_start"], control_end=item["control_end"])
+                                    control_start=item["control_start"], control_end=item["control_end"],
+                                    sketch_region=item["sketch_region"], sketch_cleanup=item["sketch_cleanup"])
+                explained = generator.explain(item["sketch"], item["sketch_region"], item["sketch_cleanup"]) \
+                    if explain_sketch and item.get("sketch") else None
             except GenerationError as error:
                 if batch is None:
                     raise
                 failed.append({"line": item.get("line"), "reason": str(error)})
                 continue
             files.extend(_write(results, out, index))
+            if explain_sketch and results[0].sketch is not None:
+                _write_explained(out, index, results[0].sketch, explained)
     merged = _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
     if state.is_main_process:  # the main process reports what every process wrote
         files, skipped = [out / row["file"] for row in merged["generations"]], merged["skipped"]
     return GenerationRun(out, files, skipped if state.is_main_process else failed)
 
 
+def _region(value: Any) -> SketchRegion | None:
+    try:
+        return SketchRegion.parse(value)
+    except ValueError as error:
+        raise GenerationError(f"--sketch-region: {error}") from None
+
+
+def _cleanup(value: Any) -> bool | None:
+    """--sketch-cleanup (or a batch line's sketch_cleanup): on/off or true/false; None is the ControlNet's own."""
+    if value is None or isinstance(value, bool):
+        return value
+    known = {"on": True, "off": False}
+    if not isinstance(value, str) or value.strip().lower() not in known:
+        raise GenerationError(f"sketch_cleanup must be on or off, got {value!r}")
+    return known[value.strip().lower()]
+
+
 def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative_prompt: str, n: int, seed: int,
-           batch: Path | None, span: dict[str, float]) -> tuple[list[dict], list[dict]]:
-    """The items to generate and the batch lines skipped; --n, --seed and the sketch's span (--control-start,
-    --control-end) are the defaults of batch lines."""
+           batch: Path | None, span: dict[str, float], page: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """The items to generate and the batch lines skipped; --n, --seed, the sketch's span (--control-start,
+    --control-end) and its page settings (--sketch-region, --sketch-cleanup) are the defaults of batch lines."""
     if batch is None:
         if not prompt:
             raise GenerationError("give --prompt (or --batch FILE.jsonl)")
@@ -655,8 +744,10 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
         for name, path in (("sketch", sketch), ("photo", photo)):
             if path is not None and not Path(path).is_file():
                 raise GenerationError(f"{name} not found: {path}")
+        if page["sketch_region"] is not None and sketch is None and photo is None:
+            raise GenerationError("--sketch-region needs --sketch (or --photo): it says where the garment is on it")
         return [{"prompt": prompt, "sketch": sketch, "photo": photo, "negative_prompt": negative_prompt,
-                 "n": n, "seed": seed, **span}], []
+                 "n": n, "seed": seed, **span, **page}], []
     if not Path(batch).is_file():
         raise GenerationError(f"batch file not found: {batch}")
     items, skipped = [], []
@@ -664,13 +755,14 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
         if not line.strip():
             continue
         try:
-            items.append({**_batch_item(json.loads(line), negative_prompt, n, seed, span), "line": number})
+            items.append({**_batch_item(json.loads(line), negative_prompt, n, seed, span, page), "line": number})
         except (ValueError, TypeError, RecursionError) as error:  # GenerationError and JSONDecodeError included
             skipped.append({"line": number, "reason": f"bad batch line: {' '.join(str(error).split())}"})
     return items, skipped
 
 
-def _batch_item(row: Any, negative_prompt: str, n: int, seed: int, span: dict[str, float]) -> dict:
+def _batch_item(row: Any, negative_prompt: str, n: int, seed: int, span: dict[str, float],
+                page: dict[str, Any]) -> dict:
     """One batch line as an item; its numbers go through the same checks as the command line's."""
     if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
         raise ValueError("needs a non-empty prompt")
@@ -679,9 +771,14 @@ def _batch_item(row: Any, negative_prompt: str, n: int, seed: int, span: dict[st
             raise ValueError(f"{name} must be a path (a string), got {row[name]!r}")
     counts = check_settings(num_images=row.get("n", n), seed=row.get("seed", seed),
                             **{name: row.get(name, default) for name, default in span.items()})
+    region = _region(row["sketch_region"]) if row.get("sketch_region") is not None else page["sketch_region"]
+    if region is not None and not (row.get("sketch") or row.get("photo")):
+        raise ValueError("sketch_region needs a sketch (or photo) on the line")
+    cleanup = _cleanup(row["sketch_cleanup"]) if row.get("sketch_cleanup") is not None else page["sketch_cleanup"]
     return {"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
             "negative_prompt": str(row.get("negative_prompt", negative_prompt)), "n": counts["num_images"],
-            "seed": counts["seed"], **{name: counts[name] for name in span}}
+            "seed": counts["seed"], **{name: counts[name] for name in span}, "sketch_region": region,
+            "sketch_cleanup": cleanup}
 
 
 def _check_out(out: Path) -> Path:
@@ -699,6 +796,18 @@ def _check_out(out: Path) -> Path:
 
 def _write(results: list[Generated], out: Path, index: int) -> list[Path]:
     return [result.save(out / f"{index:04d}_{result.params.seed}.png") for result in results]
+
+
+def _write_explained(out: Path, index: int, seen: Image.Image,
+                     explained: tuple[Image.Image, dict[str, float]] | None) -> None:
+    """OUT/<item>_sketch.png (what the model sees) and, for a sketch, <item>_sketch_explained.png (the page as
+    cleanup read it) with the share of ink removed per kind in its text chunk."""
+    seen.save(out / f"{index:04d}_sketch.png")
+    if explained is not None:
+        image, removed = explained
+        info = PngImagePlugin.PngInfo()
+        info.add_text("removed", json.dumps(removed, sort_keys=True))
+        image.save(out / f"{index:04d}_sketch_explained.png", pnginfo=info)
 
 
 def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dict[str, list[dict]]:

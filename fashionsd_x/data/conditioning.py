@@ -15,6 +15,11 @@ train_config.yaml) makes any sketch a user brings look like what the model was t
        with any coverage counting as line, so a 1 px line of a 2048 px scan survives at 128 px;
     5. stroke: the lines are thinned to their 1 px centre line (Zhang and Suen 1984) and drawn again at
        `line_width` of the side, so a 2 px tablet line and a 20 px marker line give the same conditioning.
+Between 3 and 4, cleanup (`cleanup`, on by default; `data.page.clean_page`) finds the garment on the page: the
+table around a photographed sheet, the paper's printing, a figure drawn around the garment and notes with their
+leader lines are removed, so only the garment's line is conditioning. A clean drawing comes through unchanged.
+A region (`SketchRegion`, fractions of the page) crops the page before anything else: the designer's own
+answer to "where is the garment" when a page holds two.
 The result is strictly black lines (0) on white (1). `SketchConditioning(normalize=False)` is the old path
 (pad and resize only), which ControlNets trained before normalisation existed are fed.
 
@@ -25,6 +30,8 @@ ControlNet records the choice as `invert_sketch` in its train_config.yaml.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any
@@ -35,6 +42,7 @@ import torch
 from PIL import Image
 
 from fashionsd_x.data.images import pad_to_square, to_rgb
+from fashionsd_x.data.page import KINDS, PageCleanup, clean_page
 
 PAPER_WORK_SIDE = 256  # the paper's brightness is estimated on a copy this size (it varies slowly)
 
@@ -50,10 +58,12 @@ class SketchConditioning:
     normalize: bool = True  # binarise against the paper, keep thin lines, one stroke width; False = resize only
     line_width: float = 1 / 64  # stroke width of the normalised lines as a share of the side (2 px at 128)
     ink_threshold: float = 0.15  # a pixel is line when this much darker than its paper (0 to 1 of the paper's light)
+    cleanup: bool = True  # find the garment on the page: drop printing, notes, a figure, the table around a photo
 
     def __post_init__(self) -> None:
-        if not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize must be true or false, got {self.normalize!r}")
+        for name in ("normalize", "cleanup"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 < self.line_width <= 0.1:
             raise ValueError(f"line_width must be in (0, 0.1] of the side, got {self.line_width}")
         if not 0 < self.ink_threshold < 1:
@@ -81,17 +91,79 @@ class SketchConditioning:
 LEGACY = SketchConditioning(normalize=False)
 
 
+@dataclass(frozen=True)
+class SketchRegion:
+    """Where the garment is on the page: a box as fractions of the page's width and height (0 to 1)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def __post_init__(self) -> None:
+        values = (self.x0, self.y0, self.x1, self.y1)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"a sketch region is four numbers x0,y0,x1,y1, got {values!r}")
+        if not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"a sketch region lies on the page: x0,y0,x1,y1 are fractions from 0 to 1, got "
+                             f"{_text(values)}")
+        if not (self.x0 < self.x1 and self.y0 < self.y1):
+            raise ValueError(f"a sketch region needs x0 < x1 and y0 < y1 (left, top, right, bottom), got "
+                             f"{_text(values)}")
+
+    @classmethod
+    def parse(cls, value: str | Sequence[float] | SketchRegion | None) -> SketchRegion | None:
+        """From "x0,y0,x1,y1" (the CLI), a list of four numbers (batch lines, PNG parameters) or None."""
+        if value is None or isinstance(value, SketchRegion):
+            return value
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            try:
+                numbers = [float(part) for part in parts]
+            except ValueError:
+                raise ValueError(f"a sketch region is x0,y0,x1,y1 (fractions of the page, e.g. 0.5,0,1,1), got "
+                                 f"{value!r}") from None
+        elif isinstance(value, (list, tuple)):
+            numbers = list(value)
+        else:
+            raise ValueError(f"a sketch region is x0,y0,x1,y1 (fractions of the page), got {value!r}")
+        if len(numbers) != 4:
+            raise ValueError(f"a sketch region is four numbers x0,y0,x1,y1, got {len(numbers)}: {value!r}")
+        return cls(*numbers)
+
+    def to_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The region in pixels of a WIDTH x HEIGHT page (left, top, right, bottom), at least 1 px each way."""
+        left, top = math.floor(self.x0 * width), math.floor(self.y0 * height)
+        right, bottom = max(left + 1, math.ceil(self.x1 * width)), max(top + 1, math.ceil(self.y1 * height))
+        return left, top, min(width, right), min(height, bottom)
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        """IMAGE cut to the region (a sketch, or the silhouette an evaluation scores against)."""
+        return image.crop(self.box(*image.size))
+
+
+def _text(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def control_image(sketch: Image.Image | np.ndarray, resolution: int, invert: bool = False,
-                  conditioning: SketchConditioning = SketchConditioning()) -> torch.Tensor:
+                  conditioning: SketchConditioning = SketchConditioning(),
+                  region: SketchRegion | None = None) -> torch.Tensor:
     """A sketch of any size, aspect ratio, line and paper as a 3 x resolution x resolution float tensor in [0, 1].
 
     The sketch is padded with paper to a centred square (never cropped, like the dataset's images), so a
     portrait sketch lines up with the garment the model draws. `np.ndarray` input is uint8, H x W or H x W x C.
     StableDiffusionControlNetPipeline takes the result as `image=` unchanged (its processor does not
-    re-normalise [0, 1] tensors). A sheet with no line raises BlankSketchError when normalising.
+    re-normalise [0, 1] tensors). A sheet with no line raises BlankSketchError when normalising. REGION, when
+    given, cuts the page to that box first: only what is inside it reaches the model.
     """
     if isinstance(sketch, np.ndarray):
         sketch = Image.fromarray(_as_uint8(sketch))
+    if region is not None:
+        sketch = region.crop(sketch)
     if conditioning.normalize:
         lines = normalize_sketch(sketch, resolution, conditioning)
         # Three equal channels built in numpy: a torch expand + contiguous costs more than the normalisation.
@@ -104,10 +176,62 @@ def control_image(sketch: Image.Image | np.ndarray, resolution: int, invert: boo
 
 
 def conditioning_preview(sketch: Image.Image | np.ndarray, resolution: int,
-                         conditioning: SketchConditioning = SketchConditioning()) -> Image.Image:
+                         conditioning: SketchConditioning = SketchConditioning(),
+                         region: SketchRegion | None = None) -> Image.Image:
     """What the model receives, as a black-on-white grayscale image (for `fsdx sketch --preview` and the studio)."""
-    tensor = control_image(sketch, resolution, False, conditioning)
+    tensor = control_image(sketch, resolution, False, conditioning, region)
     return Image.fromarray((tensor[0].numpy() * 255).round().astype(np.uint8), mode="L")
+
+
+# Colours of what cleanup removed, on the explained page (kept ink stays black, the region's box is blue).
+REMOVED_COLOURS = {"off_sheet": (150, 150, 150), "printing": (60, 170, 255), "figure": (60, 190, 80),
+                   "outside": (235, 60, 40)}
+EXPLAIN_SIDE = 768  # the explained page's longer side
+
+
+def explain_sketch(sketch: Image.Image | np.ndarray, conditioning: SketchConditioning = SketchConditioning(),
+                   region: SketchRegion | None = None) -> tuple[Image.Image, dict[str, float]]:
+    """The page as cleanup read it, and the share of its ink removed per kind (`data.page.KINDS`).
+
+    On a light copy of the page: the ink kept as the garment's line in black, the ink removed in a colour per
+    kind (REMOVED_COLOURS: printing blue, a figure green, notes and other marks red, the sheet's surroundings
+    grey) and the region, when given, as a blue box; what is outside the region is greyed out. At most
+    EXPLAIN_SIDE px on its longer side.
+    """
+    if isinstance(sketch, np.ndarray):
+        sketch = Image.fromarray(_as_uint8(sketch))
+    page = to_rgb(sketch)
+    scale = min(1.0, EXPLAIN_SIDE / max(page.size))
+    size = (max(1, round(page.width * scale)), max(1, round(page.height * scale)))
+    canvas = np.asarray(page.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    canvas = np.repeat((200 + canvas * 55 / 255)[..., None], 3, axis=2)  # the page, faint
+    box = region.box(*page.size) if region is not None else (0, 0, page.width, page.height)
+    cleaned = _page_cleanup(page.crop(box), conditioning)
+    left, top = round(box[0] * scale), round(box[1] * scale)
+    right, bottom = max(left + 1, round(box[2] * scale)), max(top + 1, round(box[3] * scale))
+    inside = (slice(top, bottom), slice(left, right))
+    for kind in KINDS:
+        if kind in cleaned.removed:
+            canvas[inside][_shown(cleaned.removed[kind], (right - left, bottom - top))] = REMOVED_COLOURS[kind]
+    canvas[inside][_shown(cleaned.ink, (right - left, bottom - top))] = 0
+    if region is not None:
+        outside = np.ones(canvas.shape[:2], bool)
+        outside[inside] = False
+        canvas[outside] = 0.5 * canvas[outside] + 0.5 * 255
+        cv2.rectangle(canvas, (left, top), (right - 1, bottom - 1), (40, 90, 230), max(2, round(0.004 * max(size))))
+    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB"), cleaned.summary()
+
+
+def _shown(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """MASK at SIZE, a line kept visible however much it shrinks (any coverage counts)."""
+    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+
+
+def _page_cleanup(sketch: Image.Image, conditioning: SketchConditioning) -> PageCleanup:
+    gray, darkness, ink = _ink(sketch, conditioning.ink_threshold)
+    if not conditioning.cleanup:
+        return PageCleanup(ink)
+    return clean_page(ink, darkness, gray)
 
 
 def normalize_sketch(sketch: Image.Image, resolution: int,
@@ -115,7 +239,7 @@ def normalize_sketch(sketch: Image.Image, resolution: int,
     """uint8 resolution x resolution: the sketch's lines (0) on white (255) at one stroke width (steps 1-5 above)."""
     if resolution < 8:
         raise ValueError(f"resolution must be at least 8, got {resolution}")
-    ink = ink_mask(sketch, conditioning.ink_threshold)
+    ink = _page_cleanup(sketch, conditioning).ink
     lines = _downscale_lines(_pad_square(ink), resolution)
     if not lines.any():  # the lines were all below a pixel's share (a speck on a huge sheet)
         raise BlankSketchError("the sketch has no line that shows at the model's resolution; draw larger or bolder")
@@ -127,6 +251,12 @@ def normalize_sketch(sketch: Image.Image, resolution: int,
 
 def ink_mask(sketch: Image.Image, ink_threshold: float = 0.15) -> np.ndarray:
     """Bool H x W: where the sketch has ink, whatever the paper, its lighting and the polarity (steps 1-3)."""
+    return _ink(sketch, ink_threshold)[2]
+
+
+def _ink(sketch: Image.Image, ink_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gray, darkness, ink) of steps 1-3: the page's brightness, how much darker than its paper each pixel is
+    (0 to 1), and the bool ink mask; BlankSketchError when nothing is ink."""
     if 0 in sketch.size:
         raise BlankSketchError(f"the sketch is empty ({sketch.width}x{sketch.height} px); draw on a sheet with some area")
     gray = np.asarray(to_rgb(sketch).convert("L"), dtype=np.float32) / 255.0
@@ -139,7 +269,7 @@ def ink_mask(sketch: Image.Image, ink_threshold: float = 0.15) -> np.ndarray:
     ink = _drop_specks(ink)
     if not ink.any():
         raise BlankSketchError("the sketch is blank: nothing on it is darker than the paper; draw some lines")
-    return ink
+    return gray, darkness, ink
 
 
 def _paper(gray: np.ndarray) -> np.ndarray:
