@@ -20,6 +20,8 @@ settings, the command line and the library versions.
 Sketches may have any size and aspect ratio; every comparison with one happens in the generated image's square
 frame. Rows with a `silhouette` mask (the sketch-style benchmark, `fsdx data sketch-styles`) are scored for
 silhouette IoU against it, and rows with a `style` are also scored style by style (`by_style` in metrics.json).
+A row with a `region` (a page holding two garments) is cut to it, sketch and silhouette, as generation cuts a page
+given `--sketch-region`.
 
 A sweep (`--sweep controlnet_scale=0.5,1 --sweep control_end=0.6,1`, see sweep.py) evaluates the fashionsd-x
 variant (and the lora variant, for the LoRA's scale) at every combination of the values as well; a variant's images
@@ -42,7 +44,7 @@ import yaml
 from datasets import load_from_disk
 from PIL import Image
 
-from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, control_image
+from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, SketchRegion, control_image
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.digests import combine, model_sha256, path_sha256
 from fashionsd_x.evaluate import metrics as M
@@ -265,7 +267,20 @@ def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
     if missing:
         raise EvaluationError(f"dataset {data} split {split!r} lacks the column(s) {', '.join(missing)}")
     count = min(limit or part.num_rows, part.num_rows)
-    return [part[index] for index in range(count)]
+    return [_in_region(part[index]) for index in range(count)]
+
+
+def _in_region(row: dict) -> dict:
+    """A row whose page holds more than the garment asked for (a `region` column, x0,y0,x1,y1 fractions; the
+    sketch-style benchmark's two_garments) with its sketch and silhouette cut to that region, exactly as the
+    generator cuts a page given `sketch_region` (SketchRegion.crop); other rows as they are."""
+    if not row.get("region"):
+        return row
+    region = SketchRegion.parse(row["region"])
+    cut = {"sketch": region.crop(row["sketch"])}
+    if row.get("silhouette") is not None:
+        cut["silhouette"] = region.crop(row["silhouette"])
+    return {**row, **cut}
 
 
 def generate_variant(variant: str, rows: list[dict], model: str, lora: Path | None, controlnet: Path | None,
