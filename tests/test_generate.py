@@ -426,3 +426,72 @@ def test_without_guidance_the_bases_recommendation_is_used(models, tmp_path):
     run = generate(model=str(folder), prompt="a red dress", n=1, steps=STEPS, out=tmp_path / "out")  # fsdx generate
     assert read_params(run.files[0]).guidance_scale == 3.0
     assert GarmentGenerator.load(models["base"], device="cpu").default_guidance_scale == 7.5  # no file: SD's own
+
+
+def _two_garment_page() -> Image.Image:
+    """A landscape page: a box on the left, an ellipse on the right."""
+    page = Image.new("L", (128, 64), 255)
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((6, 6, 58, 58), outline=0, width=3)
+    draw.ellipse((70, 6, 122, 58), outline=0, width=3)
+    return page
+
+
+def test_the_region_and_cleanup_are_in_the_png_and_replay(generator, tmp_path):
+    sketch_path = tmp_path / "page.png"
+    _two_garment_page().save(sketch_path)
+    result = generator("a red dress", sketch=sketch_path, steps=STEPS, seed=3, sketch_region="0.5,0,1,1",
+                       sketch_cleanup=False)[0]
+    png = result.save(tmp_path / "out.png")
+    params = read_params(png)
+    assert params == result.params
+    assert params.sketch_region == [0.5, 0.0, 1.0, 1.0] and params.sketch_cleanup is False
+    replay = generator(params.prompt, sketch=params.sketch, seed=params.seed, steps=params.steps,
+                       sketch_region=params.sketch_region, sketch_cleanup=params.sketch_cleanup)[0]
+    assert np.array_equal(np.asarray(replay.image), np.asarray(Image.open(png).convert("RGB")))
+    # The region changes what the model sees: only the right half's ellipse is left.
+    whole = generator("a red dress", sketch=sketch_path, steps=STEPS, seed=3)[0]
+    assert whole.params.sketch_region is None and whole.params.sketch_cleanup is True  # the default, recorded
+    assert not np.array_equal(np.asarray(whole.sketch), np.asarray(result.sketch))
+    # A PNG written before regions and cleanup existed replays as it was made.
+    old = {key: value for key, value in json.loads(Image.open(png).text["fashionsd_x"]).items()
+           if key != "sketch_region"}
+    assert type(params)(**old).region is None
+
+
+@pytest.mark.parametrize("region, message", [("0.5,0,1.5,1", "fractions from 0 to 1"), ("0,0,0,1", "x0 < x1"),
+                                             ("left half", "x0,y0,x1,y1")])
+def test_a_bad_region_is_refused_before_the_model_loads(tmp_path, region, message):
+    _two_garment_page().save(tmp_path / "page.png")
+    result = subprocess.run([sys.executable, "-m", "fashionsd_x", "generate", "--model", str(tmp_path / "nowhere"),
+                             "--prompt", "a dress", "--sketch", str(tmp_path / "page.png"), "--sketch-region", region,
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "out").exists()
+
+
+def test_explain_sketch_writes_what_the_model_sees_and_what_was_removed(models, tmp_path):
+    page = np.full((300, 300), 250, np.uint8)
+    for offset in range(0, 300, 15):  # a printed grid in pale grey
+        page[offset, :] = page[:, offset] = 200
+    image = Image.fromarray(page)
+    ImageDraw.Draw(image).ellipse((60, 40, 240, 260), outline=0, width=5)
+    image.save(tmp_path / "page.png")
+    controlnet = shutil.copytree(models["controlnet"], tmp_path / "cn")  # a ControlNet trained on normalised sketches
+    (controlnet / "train_config.yaml").write_text("sketch_conditioning: {normalize: true}\n")
+    (tmp_path / "batch.jsonl").write_text(
+        json.dumps({"prompt": "a dress", "sketch": str(tmp_path / "page.png"), "sketch_cleanup": "off"}) + "\n"
+        + json.dumps({"prompt": "a dress", "sketch": str(tmp_path / "page.png"), "sketch_region": [0, 0, 2, 1]})
+        + "\n")
+    generate(model=str(models["base"]), lora=models["lora"], controlnet=controlnet, sketch=tmp_path / "page.png",
+             prompt="a dress", n=1, steps=2, out=tmp_path / "out", explain_sketch=True)
+    seen = np.asarray(Image.open(tmp_path / "out" / "0000_sketch.png"))
+    assert 0.02 < (seen < 128).mean() < 0.15  # the ellipse alone, not the grid
+    with Image.open(tmp_path / "out" / "0000_sketch_explained.png") as explained:
+        assert json.loads(explained.text["removed"])["printing"] > 0.3
+    batch = generate(model=str(models["base"]), lora=models["lora"], controlnet=controlnet,
+                     batch=tmp_path / "batch.jsonl", n=1, steps=2, out=tmp_path / "batch", explain_sketch=True)
+    assert read_params(batch.files[0]).sketch_cleanup is False
+    assert (np.asarray(Image.open(tmp_path / "batch" / "0000_sketch.png")) < 128).mean() > 0.3  # the grid, kept
+    assert [row["line"] for row in batch.skipped] == [2] and "fractions from 0 to 1" in batch.skipped[0]["reason"]

@@ -229,7 +229,7 @@ def _shown(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _page_cleanup(sketch: Image.Image, conditioning: SketchConditioning) -> PageCleanup:
     gray, darkness, ink = _ink(sketch, conditioning.ink_threshold)
-    if not conditioning.cleanup:
+    if not (conditioning.cleanup and conditioning.normalize):  # the old resize-only path never cleaned a page
         return PageCleanup(ink)
     return clean_page(ink, darkness, gray)
 
