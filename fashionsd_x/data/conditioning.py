@@ -228,8 +228,9 @@ def _shown(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _page_cleanup(sketch: Image.Image, conditioning: SketchConditioning) -> PageCleanup:
-    gray, darkness, ink = _ink(sketch, conditioning.ink_threshold)
-    if not (conditioning.cleanup and conditioning.normalize):  # the old resize-only path never cleaned a page
+    cleanup = conditioning.cleanup and conditioning.normalize
+    gray, darkness, ink = _ink(sketch, conditioning.ink_threshold, shadows=cleanup)
+    if not cleanup:  # the old resize-only path never cleaned a page
         return PageCleanup(ink)
     return clean_page(ink, darkness, gray)
 
@@ -254,34 +255,52 @@ def ink_mask(sketch: Image.Image, ink_threshold: float = 0.15) -> np.ndarray:
     return _ink(sketch, ink_threshold)[2]
 
 
-def _ink(sketch: Image.Image, ink_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ink(sketch: Image.Image, ink_threshold: float,
+         shadows: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gray, darkness, ink) of steps 1-3: the page's brightness, how much darker than its paper each pixel is
-    (0 to 1), and the bool ink mask; BlankSketchError when nothing is ink."""
+    (0 to 1), and the bool ink mask; BlankSketchError when nothing is ink. SHADOWS: a shadow across the page is
+    paper too (see _paper)."""
     if 0 in sketch.size:
         raise BlankSketchError(f"the sketch is empty ({sketch.width}x{sketch.height} px); draw on a sheet with some area")
     gray = np.asarray(to_rgb(sketch).convert("L"), dtype=np.float32) / 255.0
-    if float(np.median(gray)) < 0.5:  # mostly dark: light lines on dark paper
-        gray = 1.0 - gray
     if min(gray.shape) >= 512:  # a scan or photo: a 3 px median removes paper grain, keeps any line
         gray = cv2.medianBlur(np.ascontiguousarray(gray), 3)
-    darkness = 1.0 - gray / np.maximum(_paper(gray), 1e-3)
-    ink = darkness > ink_threshold
-    ink = _drop_specks(ink)
-    if not ink.any():
+    read = _read_ink(gray if float(np.median(gray)) >= 0.5 else 1.0 - gray, ink_threshold, shadows)
+    if float(np.median(gray)) < 0.5 and shadows:
+        # Mostly dark: light lines on dark paper, or a photo whose dark table fills most of the frame around a
+        # white sheet. Lines are a small share of a page, so the reading with less ink is the right one.
+        other = _read_ink(gray, ink_threshold, shadows)
+        if other[2].sum() < read[2].sum():
+            read = other
+    if not read[2].any():
         raise BlankSketchError("the sketch is blank: nothing on it is darker than the paper; draw some lines")
-    return gray, darkness, ink
+    return read
 
 
-def _paper(gray: np.ndarray) -> np.ndarray:
-    """The paper's brightness under every pixel: lines erased by a grey max filter at a coarse scale, smoothed."""
+def _read_ink(gray: np.ndarray, ink_threshold: float, shadows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gray, darkness, ink) of GRAY read as dark lines on light paper."""
+    darkness = 1.0 - gray / np.maximum(_paper(gray, shadows), 1e-3)
+    return gray, darkness, _drop_specks(darkness > ink_threshold)
+
+
+def _paper(gray: np.ndarray, shadows: bool = False) -> np.ndarray:
+    """The paper's brightness under every pixel: lines erased by a grey max filter at a coarse scale, smoothed.
+
+    The smoothing carries the light around a shadow (a hand, a phone held over the page) into it, so a shadow
+    reads as a dark blot of ink. With SHADOWS, where a grey closing (the max filter followed by a min filter:
+    lines gone, a shadow wider than the filter kept in place) finds the paper clearly darker than that, but at
+    most twice as dark (a marker's filled area is darker still, and stays ink), the closing is the paper."""
     height, width = gray.shape
     scale = min(1.0, PAPER_WORK_SIDE / max(height, width))
     small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA)
     radius = max(2, round(max(small.shape) / 24))  # wider than any line, narrower than a lighting change
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
-    paper = cv2.dilate(small, kernel)
-    paper = cv2.GaussianBlur(paper, (0, 0), radius)
+    lifted = cv2.dilate(small, kernel)
+    paper = cv2.GaussianBlur(lifted, (0, 0), radius)
+    if shadows:
+        closed = cv2.GaussianBlur(cv2.erode(lifted, kernel), (0, 0), radius / 2)
+        paper = np.where((paper - closed > 0.06) & (closed > 0.5 * paper), closed, paper)
     return cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
 
 

@@ -59,11 +59,17 @@ def clean_page(ink: np.ndarray, darkness: np.ndarray, gray: np.ndarray) -> PageC
     areas["printing"] = work.printing(~areas["off_sheet"])
     rest = work.ink & ~areas["off_sheet"] & ~areas["printing"]
     strong = work.strong_strokes(rest)
-    garment = work.garment_area(strong if strong is not None else rest)
+    garment = work.garment_area(strong) if strong is not None else None
+    if garment is not None and (rest & ~strong & ~garment[1]).sum() < 0.4 * (rest & ~strong).sum():
+        garment = None  # the fainter strokes are mostly the garment's own outline (a pencil's pressure varies)
+    if garment is None:
+        strong = None
+        garment = work.garment_area(rest)
     if garment is not None:
-        if strong is not None:  # told apart only to say what was removed: both lie outside the garment
-            areas["figure"] = ~garment & _grown(rest & ~strong, 1) & ~_grown(strong, 1)
-        areas["outside"] = ~garment
+        shape, grown = garment
+        if strong is not None:  # fainter strokes go wherever they leave the garment's shape, not only beyond
+            areas["figure"] = ~shape & _grown(rest & ~strong, 1) & ~_grown(strong, 2)  # its tolerance
+        areas["outside"] = ~grown
     removed: dict[str, np.ndarray] = {}
     kept = ink
     for kind, area in areas.items():
@@ -113,7 +119,7 @@ class _Work:
     def off_sheet(self) -> np.ndarray:
         """Bool: the table around a photographed sheet, and a band along the sheet's edge.
 
-        The sheet is the largest bright region (Otsu on a blurred copy, so lines do not split it), filled. Found
+        The sheet is the convex hull of the largest bright region (Otsu on a blurred copy). Found
         only where the rest is a real surround: at least 2% of the picture, touching its border, and clearly
         darker than the sheet (a white page scanned edge to edge has none)."""
         blurred = cv2.GaussianBlur((self.gray * 255).astype(np.uint8), (0, 0), self.px(0.006))
@@ -123,7 +129,10 @@ class _Work:
         if count < 2:
             return none
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        sheet = _filled(labels == largest)
+        # A sheet is convex: its hull also takes in a shadow or a drawn line that cuts into the bright region.
+        sheet = np.zeros(self.ink.shape, np.uint8)
+        cv2.fillPoly(sheet, [cv2.convexHull(cv2.findNonZero((labels == largest).astype(np.uint8)))], 1)
+        sheet = sheet > 0
         outside = ~sheet
         if outside.mean() < 0.02 or not (outside[0].any() or outside[-1].any() or outside[:, 0].any()
                                          or outside[:, -1].any()):
@@ -166,18 +175,23 @@ class _Work:
         if not bands:
             return found
         printed = np.logical_or.reduce([band for band, _, _ in bands])
-        drawn = ink & ~printed | self._darker_than_printing(ink & printed)
+        over = self._drawn_over_printing(ink, ink & printed)
+        drawn = ink & ~printed | over
         for band, theta, thickness in bands:
             found |= _unbridged(band, drawn, theta, thickness)
-        return found & ~self._darker_than_printing(ink & printed)
+        return found & ~over
 
-    def _darker_than_printing(self, printed: np.ndarray) -> np.ndarray:
-        """Bool: ink on the printed lines that is clearly darker than the printing (a pen line drawn along one)."""
+    def _drawn_over_printing(self, ink: np.ndarray, printed: np.ndarray) -> np.ndarray:
+        """Bool: ink on the printed lines that is a drawn line: clearly darker than the printing (a pen along a
+        ruling), or clearly wider (a marker or a soft pencil over a fine grid), the whole width of it."""
         values = self.darkness[printed]
         if values.size == 0:
             return printed
-        typical = float(np.median(values))
-        return printed & (self.darkness > min(0.95, typical + 0.3))
+        darker = printed & (self.darkness > min(0.95, float(np.median(values)) + 0.3))
+        distance = cv2.distanceTransform(ink.astype(np.uint8), cv2.DIST_L2, 3)
+        half = float(np.percentile(distance[printed], 90))  # the printed lines' half-width, crossings included
+        wider = cv2.dilate((printed & (distance >= 2 * half + 1)).astype(np.uint8), _disc(math.ceil(2 * half) + 1)) > 0
+        return darker | (wider & ink)
 
     def _thickness(self, ink: np.ndarray, family: list[tuple[float, float]]) -> int:
         """Band width that covers a printed line of FAMILY: twice its widest half-width along it, plus a margin."""
@@ -210,7 +224,8 @@ class _Work:
         (a figure, construction lines); None when every stroke is of one weight.
 
         A stroke's darkness is the darkest pixel near it (its core, not its anti-aliased edge) and its width
-        twice its largest distance to paper nearby; both are compared with the page's darkest tenth of ink."""
+        twice its largest distance to paper nearby; both are compared with the page's darkest and widest tenth of
+        ink (fainter: under 70% of that darkness; thinner: under 45% of that width)."""
         if ink.sum() < 50:
             return None
         near = _disc(self.px(0.004))
@@ -218,14 +233,14 @@ class _Work:
         width = cv2.dilate(cv2.distanceTransform(ink.astype(np.uint8), cv2.DIST_L2, 3), near)
         values, widths = core[ink], width[ink]
         dark, wide = float(np.percentile(values, 90)), float(np.percentile(widths, 90))
-        weak = ink & ((core < 0.55 * dark) | ((width < 0.45 * wide) if wide >= 2.5 else False))
+        weak = ink & ((core < 0.7 * dark) | ((width < 0.45 * wide) if wide >= 2.5 else False))
         share = weak.sum() / ink.sum()
         if not 0.03 <= share <= 0.7:
             return None
         return ink & ~weak
 
-    def garment_area(self, strokes: np.ndarray) -> np.ndarray | None:
-        """Bool: the garment's filled shape, grown by a tolerance, or None when no shape can be read.
+    def garment_area(self, strokes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Bool: the garment's filled shape, and that grown by a tolerance; None when no shape can be read.
 
         Strokes are closed over gaps (1.5% of the side, then 3% for a line with wider breaks) and every outer
         contour filled; thin parts (a leader line, an arm) are opened away; shapes of at least a fifth of the
@@ -237,7 +252,7 @@ class _Work:
                 continue
             grown = cv2.dilate(shape.astype(np.uint8), _disc(self.px(0.03))) > 0
             if (grown & strokes).sum() >= strokes.sum() / 3:
-                return grown
+                return shape, grown
         return None
 
     def _shape(self, strokes: np.ndarray, gap: float) -> np.ndarray | None:
