@@ -8,6 +8,12 @@ training sample's sketch is, with probability `probability`, redrawn from the ga
     wobble   a smooth random displacement, as a hand's line wanders;
     gaps     a few short breaks in the line;
     pencil   grey lines on textured, off-white, unevenly lit paper.
+Then, with probability `page_probability`, restyled or not, the sketch is put on a designer's page:
+    printing  ruled lines, a square grid or a dot grid across the sheet, light grey, maybe a little askew;
+    notes     a few words in the margin, each with a leader line (maybe an arrow) into the garment;
+    figure    the fashion figure the garment is drawn on: head, neck, arms, legs, in a light thin line,
+              visible only outside the garment's silhouette.
+The conditioning tries to remove these, but what it misses the ControlNet must learn to ignore.
 Optionally the garment and its sketch are scaled and moved together (`scale_range`, `shift`), which needs the
 photo encoded each step (no latent cache). Every draw comes from the generator passed in, which training seeds
 from (seed, micro-batch, process, sample): the augmentation is a pure function of the run's seed and step.
@@ -26,6 +32,7 @@ from PIL import Image
 from fashionsd_x.data.sketch import SKETCH_METHODS, SketchConfig, extract_sketch
 
 PAPER_THRESHOLD = 245  # a photo pixel with every channel at or above this is background (flat-lays on white)
+_SUBPIXEL = 4  # page elements are drawn in cv2's fixed point to 1/16 px, so thin lines anti-alias evenly
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class SketchAugment:
     pencil_probability: float = 0.3  # grey pencil on textured paper
     scale_range: tuple[float, float] = (1.0, 1.0)  # garment and sketch scaled together (needs uncached latents)
     shift: float = 0.0  # and moved by up to this share of the side (needs uncached latents)
+    page_probability: float = 0.0  # share of samples drawn on a designer's page (0 = off; 0.3 suggested)
+    printing_probability: float = 0.6  # on a page: ruled lines, a square grid or a dot grid printed on the paper
+    notes_probability: float = 0.5  # on a page: notes in the margin with leader lines into the garment
+    figure_probability: float = 0.5  # on a page: the figure's head, neck, arms and legs around the garment
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -60,6 +71,10 @@ class SketchAugment:
         if not 0.0 <= self.shift <= 0.5 or not 0.0 <= self.wobble_amplitude <= 0.1 or not 0.0 <= self.gap_size <= 0.2:
             raise ValueError("shift must be in [0, 0.5], wobble_amplitude in [0, 0.1] and gap_size in [0, 0.2] "
                              "of the side")
+        if self.page_probability > 0 and self.printing_probability == self.notes_probability == \
+                self.figure_probability == 0:
+            raise ValueError("page_probability > 0 needs printing_probability, notes_probability or "
+                             "figure_probability above 0 (a page with nothing on it)")
 
     def moves_garment(self) -> bool:
         """True when the photo moves with the sketch (the latents must then be encoded every step)."""
@@ -88,8 +103,22 @@ def augment_sample(sketch: np.ndarray, image: np.ndarray, augment: SketchAugment
     if augment.moves_garment():
         matrix = _placement(sketch.shape, augment, rng)
         sketch, image = _warp(sketch, matrix, 255), _warp(image, matrix, 255)
-    if draws[0] >= augment.probability:
-        return sketch, image
+    lines = sketch < 128
+    if draws[0] < augment.probability:
+        sketch, lines = _restyle(sketch, image, augment, draws, rng)
+    if draws[6] < augment.page_probability:
+        # Restyled or not: a user's page carries printing, notes and a figure whatever the pen, so the ControlNet
+        # must not learn that they come only with some line styles. The page draws from its own generator,
+        # seeded by a draw already made: RNG's stream, hence every restyling, is as without pages (page_probability
+        # 0 is the code before pages, byte for byte), and the page's draws do not depend on what the restyling drew.
+        page_rng = np.random.default_rng(int(draws[7] * 2**53))
+        sketch = on_page(sketch, lines, silhouette(image), augment, page_rng)
+    return sketch, image
+
+
+def _restyle(sketch: np.ndarray, image: np.ndarray, augment: SketchAugment, draws: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(sketch, its lines as bool) redrawn in a random style (module docstring)."""
     lines = _source_lines(sketch, image, augment, draws[1], rng)
     side = max(lines.shape)
     if draws[2] < augment.stroke_probability:
@@ -99,10 +128,10 @@ def augment_sample(sketch: np.ndarray, image: np.ndarray, augment: SketchAugment
     if draws[4] < augment.gap_probability:
         lines = break_lines(lines, int(rng.integers(1, 4)), augment.gap_size * side, rng)
     if not lines.any():  # e.g. an extractor found nothing on a pale garment: keep the dataset's sketch
-        return sketch, image
+        return sketch, sketch < 128
     if draws[5] < augment.pencil_probability:
-        return pencil_on_paper(lines, rng), image
-    return np.where(lines, 0, 255).astype(np.uint8), image
+        return pencil_on_paper(lines, rng), lines
+    return np.where(lines, 0, 255).astype(np.uint8), lines
 
 
 def _source_lines(sketch: np.ndarray, image: np.ndarray, augment: SketchAugment, draw: float,
@@ -140,7 +169,7 @@ def outline(region: np.ndarray) -> np.ndarray:
 
 def redraw_stroke(lines: np.ndarray, width: float) -> np.ndarray:
     """Bool: the lines at about `width` px: thickened by a disc, or thinned by erosion (never below 1 px)."""
-    radius = int(round((width - 1) / 2))
+    radius = round((width - 1) / 2)
     if radius <= 0:
         return lines
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -164,7 +193,7 @@ def break_lines(lines: np.ndarray, count: int, length: float, rng: np.random.Gen
         return lines
     broken = lines.astype(np.uint8)
     for pick in rng.integers(ys.size, size=count):
-        cv2.circle(broken, (int(xs[pick]), int(ys[pick])), max(1, int(round(length / 2))), 0, -1)
+        cv2.circle(broken, (int(xs[pick]), int(ys[pick])), max(1, round(length / 2)), 0, -1)
     return broken.astype(bool)
 
 
@@ -180,6 +209,279 @@ def pencil_on_paper(lines: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     paper = tone - light * (ramp - ramp.min()) + grain * noise
     soft = cv2.GaussianBlur(lines.astype(np.float32), (0, 0), 0.5)
     return np.clip(paper * (1 - darkness * np.clip(soft * 1.5, 0, 1)) * 255, 0, 255).astype(np.uint8)
+
+
+def on_page(sketch: np.ndarray, lines: np.ndarray, region: np.ndarray, augment: SketchAugment,
+            rng: np.random.Generator) -> np.ndarray:
+    """uint8: SKETCH on a designer's page, with one or more of printing, margin notes and a fashion figure.
+
+    LINES (bool) are the garment's lines, REGION its silhouette. Each element is a grey ink layer (255 = none)
+    multiplied into the sheet, as ink darkens paper, so the elements show on pencil paper too; where one crosses
+    the garment's line, the line wins (it stays as dark as it was).
+    """
+    chances = np.array([augment.printing_probability, augment.notes_probability, augment.figure_probability])
+    draws, seeds = rng.random(4), rng.integers(2**63, size=3)  # each element its own stream, drawn whatever is on
+    chosen = draws[:3] < chances
+    if not chosen.any():  # a page shows at least one element: one kind, picked in proportion to its chance
+        bounds = np.cumsum(chances) / np.sum(chances)
+        chosen[min(int(np.searchsorted(bounds, draws[3], side="right")), 2)] = True
+    blank = np.full(sketch.shape, 255, np.uint8)
+    # The figure first, so notes keep clear of it; the layers multiply, so their order does not matter otherwise.
+    body = figure(region, np.random.default_rng(seeds[2])) if chosen[2] else blank
+    notes = margin_notes(region, lines, body < 255, np.random.default_rng(seeds[1])) if chosen[1] else blank
+    layers = [body, notes, printing(sketch.shape, np.random.default_rng(seeds[0])) if chosen[0] else blank]
+    ink = np.prod([layer.astype(np.float32) / 255 for layer in layers], axis=0)
+    inked = np.round(sketch.astype(np.float32) * ink).astype(np.uint8)
+    return np.where(lines, sketch, inked)
+
+
+def printing(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """uint8 ink layer: the paper's ruled lines, square grid or dot grid across the sheet, light grey, 1 px-ish,
+    spaced 3 to 10% of the side, a little askew half the time (a sheet is never scanned quite straight)."""
+    height, width = shape[:2]
+    side = max(height, width)
+    kind = ("ruled", "grid", "dots")[int(rng.integers(3))]
+    spacing = max(3.0, rng.uniform(0.03, 0.10) * side)
+    tone, weight = int(rng.uniform(130, 230)), max(1, round(rng.uniform(0.003, 0.008) * side))
+    angle = np.deg2rad(rng.uniform(-2.0, 2.0)) if rng.random() < 0.5 else 0.0
+    phase = rng.uniform(0, spacing, size=2)
+    margin = rng.uniform(0.06, 0.2) * width if rng.random() < 0.4 else None  # a ruled sheet's margin line
+    along, across = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+    centre, reach = np.array([width, height]) / 2, np.hypot(width, height) / 2
+    steps = np.arange(-np.ceil(reach / spacing), np.ceil(reach / spacing) + 1) * spacing
+    layer = np.full(shape[:2], 255, np.uint8)
+    if kind == "dots":
+        radius = max(0.5, weight * 0.6)
+        for a in steps + phase[0]:
+            for b in steps + phase[1]:
+                cv2.circle(layer, _fixed(centre + a * along + b * across), _fixed_length(radius), tone, -1,
+                           cv2.LINE_AA, _SUBPIXEL)
+        return layer
+    for offset in steps + phase[1]:  # the rules, across the sheet
+        _stroke(layer, [centre + offset * across - reach * along, centre + offset * across + reach * along],
+                tone, weight)
+    columns = steps + phase[0] if kind == "grid" else [margin - width / 2] if margin is not None else []
+    for offset in columns:
+        _stroke(layer, [centre + offset * along - reach * across, centre + offset * along + reach * across],
+                tone, weight)
+    return layer
+
+
+NOTE_WORDS = ("silk", "pleat", "hem", "dart", "lining", "zip", "cotton", "wool", "3cm", "x2", "belt", "seam",
+              "trim", "A-line", "bias", "lace", "12", "04", "back", "tuck", "cuff", "yoke", "denim", "knit", "5mm",
+              "SS24", "no.3", "hem 2cm", "topstitch", "pocket", "gathers", "midi", "V", "ok?")
+NOTE_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+              cv2.FONT_HERSHEY_COMPLEX_SMALL, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+
+
+def margin_notes(region: np.ndarray, lines: np.ndarray, figure_ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ink layer: one to three short notes where the page is empty (clear of the garment and FIGURE_INK),
+    each with a leader line (half of them ending in an arrowhead) to a point in the garment (REGION, or its LINES
+    when the region is unknown)."""
+    height, width = region.shape
+    side = max(height, width)
+    layer = np.full(region.shape, 255, np.uint8)
+    garment = region if region.any() else lines
+    targets = np.argwhere(garment)
+    if targets.size == 0:
+        return layer
+    taken = _dilate(garment | lines | figure_ink, max(2, round(0.03 * side)))  # clear of the drawing and each other
+    for _ in range(int(rng.integers(1, 4))):
+        word, font = NOTE_WORDS[int(rng.integers(len(NOTE_WORDS)))], NOTE_FONTS[int(rng.integers(len(NOTE_FONTS)))]
+        tone, thickness = int(rng.uniform(20, 170)), max(1, round(rng.uniform(0.004, 0.008) * side))
+        scale = rng.uniform(0.045, 0.075) * side / cv2.getTextSize("A", font, 1.0, 1)[0][1]
+        (text_width, text_height), baseline = cv2.getTextSize(word, font, scale, thickness)
+        box = _free_box(taken, text_width + 2, text_height + baseline + 2, rng)
+        if box is None:
+            continue
+        left, top, right, bottom = box
+        taken[top:bottom, left:right] = True
+        cv2.putText(layer, word, (left + 1, bottom - baseline - 1), font, scale, tone, thickness, cv2.LINE_AA)
+        candidates = targets[rng.integers(len(targets), size=4)][:, ::-1].astype(float)  # (x, y)
+        middle = np.array([left + right, top + bottom]) / 2
+        target = candidates[int(np.argmin(np.hypot(*(candidates - middle).T)))]  # a note points to what is near it
+        _leader(layer, box, target, tone, rng)
+    return layer
+
+
+def _free_box(taken: np.ndarray, box_width: int, box_height: int,
+              rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of a BOX_WIDTH x BOX_HEIGHT box on the sheet clear of TAKEN (a few tries), or None."""
+    height, width = taken.shape
+    if box_width >= width or box_height >= height:
+        return None
+    for _ in range(24):
+        left, top = int(rng.integers(width - box_width)), int(rng.integers(height - box_height))
+        if not taken[top:top + box_height, left:left + box_width].any():
+            return left, top, left + box_width, top + box_height
+    return None
+
+
+def _leader(layer: np.ndarray, box: tuple[int, int, int, int], target: np.ndarray, tone: int,
+            rng: np.random.Generator) -> None:
+    """A note's leader line from the side of its BOX facing TARGET to TARGET, half the time with an arrowhead."""
+    left, top, right, bottom = box
+    middle = np.array([(left + right) / 2, (top + bottom) / 2])
+    if target[0] > right or target[0] < left:  # beside the note: leave from its end
+        start = np.array([right + 1 if target[0] > right else left - 2, middle[1]])
+    else:  # above or below: leave from its middle
+        start = np.array([middle[0], bottom + 1 if target[1] > bottom else top - 2])
+    length = float(np.hypot(*(target - start)))
+    if rng.random() < 0.5 and length > 1:
+        tip = max(2.0, 0.04 * max(layer.shape)) / length
+        cv2.arrowedLine(layer, _fixed(start), _fixed(target), tone, 1, cv2.LINE_AA, _SUBPIXEL, min(tip, 0.5))
+    else:
+        _stroke(layer, [start, target], tone, 1)
+
+
+def figure(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ink layer: the fashion figure the garment is drawn on, in a light thin line: head and neck above the
+    garment, arms from its shoulders, legs below its hem (each part three times in four, at least one), erased
+    inside the garment's silhouette REGION, as the garment covers the body."""
+    layer = np.full(region.shape, 255, np.uint8)
+    if not region.any():
+        return layer
+    ys, xs = np.nonzero(region)
+    box = (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max()))  # top, bottom, left, right
+    side = max(region.shape)
+    style = (int(rng.uniform(70, 200)), max(1, round(rng.uniform(0.002, 0.006) * side)))  # tone, weight
+    head = float(np.clip(rng.uniform(0.18, 0.3) * (box[3] - box[2] + 1), 0.05 * side, 0.14 * side))  # its width
+    parts = rng.random(3) < 0.75
+    if not parts.any():
+        parts[int(rng.integers(3))] = True
+    centre_x = float(xs[ys < box[0] + 0.2 * (box[1] - box[0] + 1)].mean())  # the top's middle (a garment may lean)
+    if parts[0]:
+        _head_and_neck(layer, box, centre_x, head, style, rng)
+    if parts[1]:
+        _arms(layer, region, box, head, style, rng)
+    if parts[2]:
+        _legs(layer, region, box, centre_x, head, style, rng)
+    layer[region] = 255
+    return layer
+
+
+def _head_and_neck(layer: np.ndarray, box: tuple[int, int, int, int], centre_x: float, head: float,
+                   style: tuple[int, int], rng: np.random.Generator) -> None:
+    """An oval head (sometimes with a line of hair) above the garment's top and a neck down into it."""
+    top, bottom = box[0], box[1]
+    tone, weight = style
+    head_height, neck_length, neck = head * rng.uniform(1.2, 1.4), head * rng.uniform(0.3, 0.7), \
+        head * rng.uniform(0.35, 0.5)
+    centre = np.array([centre_x + head * rng.uniform(-0.1, 0.1), top - neck_length - head_height / 2])
+    tilt = rng.uniform(-12, 12)
+    axes = (_fixed_length(head / 2), _fixed_length(head_height / 2))
+    cv2.ellipse(layer, _fixed(centre), axes, tilt, 0, 360, tone, weight, cv2.LINE_AA, _SUBPIXEL)
+    if rng.random() < 0.5:  # hair: an arc over the crown, a little outside the head
+        hair = (_fixed_length(head * 0.6), _fixed_length(head_height * 0.56))
+        cv2.ellipse(layer, _fixed(centre - [0, head * 0.05]), hair, tilt, 170, 370, tone, weight, cv2.LINE_AA,
+                    _SUBPIXEL)
+    chin = centre[1] + head_height * 0.4
+    for sign in (-1, 1):
+        _stroke(layer, [(centre_x + sign * neck / 2, chin), (centre_x + sign * neck * 0.6, top + 0.2 * (bottom - top))],
+                tone, weight)
+
+
+def _arms(layer: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], head: float,
+          style: tuple[int, int], rng: np.random.Generator) -> None:
+    """Two arms from the garment's shoulders to hands: the upper arm along the sleeve (towards the garment's
+    farthest point on that side in its upper part) or hanging when there is none, the forearm hanging on from the
+    elbow, or straight on when the sleeve covers the elbow."""
+    top, bottom = box[0], box[1]
+    height = bottom - top + 1
+    shoulder_row = top + round(rng.uniform(0.02, 0.1) * height)
+    columns = np.nonzero(region[shoulder_row])[0]
+    upper_ys, upper_xs = np.nonzero(region[top:top + max(1, int(0.6 * height))])
+    upper, fore, hangs = head * rng.uniform(1.6, 2.0, size=2), head * rng.uniform(1.5, 1.9, size=2), \
+        np.deg2rad(rng.uniform(4, 25, size=(2, 2)))
+    if columns.size == 0:
+        return
+    for k, sign in enumerate((-1, 1)):
+        shoulder = np.array([columns.min() if sign < 0 else columns.max(), shoulder_row], float)
+        pick = int(np.argmin(upper_xs)) if sign < 0 else int(np.argmax(upper_xs))
+        reach = np.array([upper_xs[pick], upper_ys[pick] + top], float) - shoulder
+        hanging = [np.array([sign * np.sin(angle), np.cos(angle)]) for angle in hangs[k]]
+        sleeve = abs(reach[0]) > 0.2 * head and reach[1] > 0  # the farthest point is out and down: a sleeve
+        along = reach / np.hypot(*reach) if sleeve else hanging[0]
+        if sleeve and np.hypot(*reach) > upper[k]:  # a long sleeve: the arm runs straight down it to the cuff
+            path = [shoulder, shoulder + along * (np.hypot(*reach) + 0.2 * head)]
+        else:
+            elbow = shoulder + along * upper[k]
+            path = [shoulder, elbow, elbow + hanging[1] * fore[k]]
+        wrist, direction = _limb(layer, path, -sign, (0.45 * head, 0.22 * head), style)
+        _oval(layer, wrist + direction * 0.25 * head, (0.14 * head, 0.28 * head), direction, style)
+
+
+def _legs(layer: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], centre_x: float, head: float,
+          style: tuple[int, int], rng: np.random.Generator) -> None:
+    """Two legs down from under the garment's hem (out of each trouser leg when it has two), to feet."""
+    top, bottom = box[0], box[1]
+    height = bottom - top + 1
+    runs = _runs(region[max(top, bottom - max(1, round(0.03 * height)))])
+    widths = [end - start for start, end in runs]
+    spread, splay, length = head * rng.uniform(0.3, 0.55), rng.uniform(0, 6, size=2), head * 1.3 * rng.uniform(3, 4)
+    if len(runs) >= 2 and sorted(widths)[-2] > 0.1 * (box[3] - box[2] + 1):  # trousers: a leg in each
+        pair = sorted(sorted(range(len(runs)), key=lambda i: widths[i])[-2:], key=lambda i: runs[i][0])
+        feet_x = [(runs[i][0] + runs[i][1]) / 2 for i in pair]
+        width = min(0.45 * head, 0.7 * min(widths[i] for i in pair))
+    else:
+        feet_x, width = [centre_x - spread, centre_x + spread], 0.45 * head
+    for k, (x, sign) in enumerate(zip(feet_x, (-1, 1))):
+        angle = np.deg2rad(splay[k])
+        direction = np.array([sign * np.sin(angle), np.cos(angle)])
+        outer = np.array([x + sign * width / 2, bottom - 0.25 * height])  # from inside the garment, hidden there
+        ankle, _ = _limb(layer, [outer, outer + direction * length], -sign, (width, 0.5 * width), style)
+        _oval(layer, ankle + [sign * 0.2 * head, 0.1 * head], (0.28 * head, 0.12 * head), np.array([1.0, 0.0]),
+              style)
+
+
+def _limb(layer: np.ndarray, path: list[np.ndarray], toward: int, widths: tuple[float, float],
+          style: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A limb's two contour lines, one along PATH (its outer edge), the other beside it on the TOWARD side (+1:
+    right, -1: left), tapering from widths[0] to widths[1]; returns the middle of its far end and its last direction."""
+    inner = []
+    for k, point in enumerate(path):
+        step = path[min(k + 1, len(path) - 1)] - path[max(k - 1, 0)]
+        across = np.array([step[1], -step[0]]) / max(np.hypot(*step), 1e-6)
+        across = across if across[0] * toward >= 0 else -across
+        inner.append(point + across * np.interp(k, [0, len(path) - 1], widths))
+    _stroke(layer, path, *style)
+    _stroke(layer, inner, *style)
+    last = path[-1] - path[-2]
+    return (path[-1] + inner[-1]) / 2, last / max(np.hypot(*last), 1e-6)
+
+
+def _oval(layer: np.ndarray, centre: np.ndarray, axes: tuple[float, float], direction: np.ndarray,
+          style: tuple[int, int]) -> None:
+    """An ellipse outline with its second axis along DIRECTION (a hand, a foot)."""
+    angle = np.degrees(np.arctan2(direction[1], direction[0])) - 90
+    cv2.ellipse(layer, _fixed(centre), (_fixed_length(axes[0]), _fixed_length(axes[1])), angle, 0, 360, style[0],
+                style[1], cv2.LINE_AA, _SUBPIXEL)
+
+
+def _runs(row: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a bool row, end exclusive."""
+    edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()))
+
+
+def _stroke(layer: np.ndarray, points, tone: int, weight: int) -> None:
+    """An anti-aliased polyline through POINTS (x, y, in float px) in grey TONE, WEIGHT px wide."""
+    fixed = np.array([_fixed(point) for point in points], np.int32)
+    cv2.polylines(layer, [fixed], False, tone, weight, cv2.LINE_AA, _SUBPIXEL)
+
+
+def _fixed(point) -> tuple[int, int]:
+    """(x, y) in cv2's fixed point: _SUBPIXEL fractional bits."""
+    return _fixed_length(point[0]), _fixed_length(point[1])
+
+
+def _fixed_length(value: float) -> int:
+    return round(float(value) * (1 << _SUBPIXEL))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def _placement(shape: tuple[int, ...], augment: SketchAugment, rng: np.random.Generator) -> np.ndarray:

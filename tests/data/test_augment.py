@@ -70,6 +70,50 @@ def test_moving_the_garment_moves_photo_and_sketch_together(garment):
     assert (lines & ~_dilate(silhouette(moved_photo), 2)).mean() < 0.002
 
 
+def test_page_elements_appear_around_the_garment_whose_lines_stay_dark(garment):
+    sketch, photo = garment
+    outside = ~_dilate(silhouette(photo), 3)
+    for restyle in ({"probability": 0.0}, {"probability": 1.0, "pencil_probability": 1.0}):  # black, grey lines
+        plain, paged = (styles(garment, SketchAugment(**restyle, page_probability=chance)) for chance in (0.0, 1.0))
+        for before, after in zip(plain, paged):
+            assert after.shape == sketch.shape and after.dtype == np.uint8
+            assert ((after != before) & outside).sum() > 20  # printing, notes or a figure on the page
+            lines = before < 128
+            assert np.array_equal(after[lines], before[lines])  # the garment's line wins where they cross
+
+
+def test_each_element_kind_looks_like_itself(garment):
+    sketch, photo = garment
+    region = silhouette(photo)
+    kinds = ("printing_probability", "notes_probability", "figure_probability")
+    printed, noted, figured = (styles(garment, SketchAugment(probability=0.0, page_probability=1.0,
+                                                             **{name: float(name == kind) for name in kinds}))
+                               for kind in kinds)
+    for page in printed:  # across the whole sheet, under the garment too, lighter than the garment's black
+        marks = page < 250
+        assert marks[:32].any() and marks[-32:].any() and marks[:, :32].any() and marks[:, -32:].any()
+        assert (marks & region & (sketch >= 128)).any() and page[(sketch >= 128) & marks].min() >= 100
+    for page in noted:  # words off the garment, a leader line into it
+        assert ((page < 250) & ~_dilate(region, 3)).sum() > 10 and ((page < 250) & region & (sketch >= 128)).any()
+    drawn = [(page != sketch) for page in figured]
+    assert sum(changed.sum() > 20 for changed in drawn) >= 9  # a figure shows on most pages
+    assert not any((changed & region).any() for changed in drawn)  # and never inside the garment
+
+
+def test_pages_are_a_pure_function_of_the_seed_and_leave_the_restyling_alone(garment):
+    sketch, photo = garment
+    paged = SketchAugment(probability=0.8, page_probability=1.0)
+    first, again = styles(garment, paged), styles(garment, paged)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert len({item.tobytes() for item in first}) == len(first)
+    assert SketchAugment(page_probability=0.0) == SketchAugment()  # off by default: saved runs are unchanged
+    for seed in range(12):  # the page draws nothing from the caller's generator, so no restyling can change
+        without, with_page = np.random.default_rng(seed), np.random.default_rng(seed)
+        augment_sample(sketch, photo, SketchAugment(probability=0.8), without)
+        augment_sample(sketch, photo, paged, with_page)
+        assert without.random() == with_page.random()
+
+
 def test_settings_are_checked():
     assert SketchAugment.from_dict(SketchAugment().to_dict()) == SketchAugment()
     with pytest.raises(ValueError, match="probability"):
@@ -78,6 +122,14 @@ def test_settings_are_checked():
         SketchAugment(extractors=("sobel",))
     with pytest.raises(ValueError, match="unknown"):
         SketchAugment.from_dict({"wobbel_probability": 0.1})
+    with pytest.raises(ValueError, match="page_probability"):
+        SketchAugment(page_probability=1.2)
+    with pytest.raises(ValueError, match="figure_probability"):
+        SketchAugment(figure_probability=-0.1)
+    with pytest.raises(ValueError, match="printing_probability, notes_probability or figure_probability"):
+        SketchAugment(page_probability=0.3, printing_probability=0.0, notes_probability=0.0, figure_probability=0.0)
+    paged = SketchAugment(page_probability=0.3, notes_probability=0.2)
+    assert SketchAugment.from_dict(paged.to_dict()) == paged
     assert SketchAugment(shift=0.1).moves_garment() and not SketchAugment().moves_garment()
 
 

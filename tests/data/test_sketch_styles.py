@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,11 +12,22 @@ import pytest
 from datasets import load_from_disk
 
 from fashionsd_x.data import synth
-from fashionsd_x.data.sketch_styles import MANIFEST, STYLES, draw_item, make_sketch_styles, prompt
+from fashionsd_x.data.sketch_styles import (
+    MANIFEST,
+    REGION_STYLES,
+    STYLES,
+    crop_to_region,
+    draw_item,
+    make_sketch_styles,
+    prompt,
+)
 from tests.test_cli import fsdx
 
 PER_STYLE = 2
 OUTLINE_STYLES = ("fine_line", "pencil_scan", "small_lowres", "wobbly_gaps", "off_centre")
+# Page styles leave room on the sheet for what else is on it (notes, a figure, the table around a photo), so the
+# garment takes less of the frame than on a sheet of its own: (smallest span, smallest area).
+SMALLER_ON_THE_PAGE = {"notes": (0.45, 0.05), "on_figure": (0.25, 0.04), "photo_shadow": (0.35, 0.05)}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +51,12 @@ def _ink(row: dict) -> np.ndarray:
     return sketch < 0.85 * np.median(sketch)
 
 
+def _evaluated(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(sketch, silhouette) as evaluation uses them: cropped to the row's region when it has one."""
+    return (crop_to_region(np.asarray(row["sketch"]), row["region"]),
+            crop_to_region(np.asarray(row["silhouette"]), row["region"]))
+
+
 def _distance_to_edge(silhouette: np.ndarray) -> np.ndarray:
     """Per pixel, the distance in pixels to the silhouette's boundary."""
     inside = silhouette > 127
@@ -49,14 +67,17 @@ def _distance_to_edge(silhouette: np.ndarray) -> np.ndarray:
 def test_every_style_with_its_items_columns_and_manifest(benchmark, rows):
     assert [row["style"] for row in rows] == [style for style in STYLES for _ in range(PER_STYLE)]
     assert len({row["id"] for row in rows}) == len(rows) and rows[0]["id"] == "fine_line-000"
-    assert set(rows[0]) == {"id", "style", "category", "color", "pattern", "text", "sketch", "silhouette", "image"}
+    assert set(rows[0]) == {"id", "style", "category", "color", "pattern", "text", "sketch", "silhouette", "image",
+                            "region"}
     for row in rows:
         assert row["sketch"].mode == "L" and row["silhouette"].mode == "L" and row["image"].mode == "RGB"
         assert row["silhouette"].size == row["sketch"].size and row["image"].size == (64, 64)
         assert row["category"] in synth.CATEGORIES and row["color"] in synth.PALETTE
+        assert (len(row["region"]) == 4) == (row["style"] in REGION_STYLES), row["id"]
     manifest = json.loads((benchmark / MANIFEST).read_text())
     assert manifest["parameters"] == {"per_style": PER_STYLE, "seed": 0, "resolution": 64}
     assert manifest["counts"] == {style: PER_STYLE for style in STYLES}
+    assert manifest["region_styles"] == list(REGION_STYLES)
     assert {"numpy", "opencv-python-headless"} <= set(manifest["versions"])
 
 
@@ -69,8 +90,24 @@ def test_cli_writes_the_same_benchmark_again(benchmark, rows, tmp_path):
     assert again.num_rows == len(rows)
     for first, second in zip(rows, again):
         assert first["text"] == second["text"] and first["id"] == second["id"]
+        assert first["region"] == second["region"]
         for column in ("sketch", "silhouette", "image"):
             assert np.array_equal(np.asarray(first[column]), np.asarray(second[column])), (first["id"], column)
+
+
+# sha256 of item 1's sketch and silhouette bytes, seed 0, as the six styles drew them before the page styles were
+# added (the page styles are appended to STYLES because a style's random stream is keyed by its index). Recompute
+# with the earlier code only if an OpenCV or NumPy upgrade is what changed them.
+EARLIER_STYLES = {"fine_line": "54150334fcb781c7", "pencil_scan": "a4b645de0b347239",
+                  "small_lowres": "58a299a4f805c2f1", "wobbly_gaps": "58d9047aa3c4b539",
+                  "detailed": "c4bc8a1a40373d9b", "off_centre": "08f5cbcdb79a7d26"}
+
+
+@pytest.mark.parametrize("style", EARLIER_STYLES)
+def test_earlier_styles_draw_the_same_bytes_as_before(style):
+    item = draw_item(0, style, 1)
+    digest = hashlib.sha256(item.sketch.tobytes() + item.silhouette.tobytes()).hexdigest()[:16]
+    assert digest == EARLIER_STYLES[style]
 
 
 def test_another_seed_draws_other_sketches():
@@ -87,18 +124,21 @@ def test_neighbouring_items_differ_in_garment_and_size(rows):
 
 def test_silhouettes_are_filled_binary_and_inside_the_sheet(rows):
     for row in rows:
-        silhouette = np.asarray(row["silhouette"])
+        silhouette = _evaluated(row)[1]
         assert set(np.unique(silhouette)) == {0, 255}, row["id"]
-        assert (silhouette > 0).mean() > 0.08, row["id"]
+        assert (silhouette > 0).mean() > SMALLER_ON_THE_PAGE.get(row["style"], (0, 0.08))[1], row["id"]
+        count, _ = cv2.connectedComponents((silhouette > 0).astype(np.uint8))
+        assert count == 2, f"{row['id']}: the silhouette should be one garment, not {count - 1} pieces"
         border = np.concatenate([silhouette[0], silhouette[-1], silhouette[:, 0], silhouette[:, -1]])
         assert not border.any(), f"{row['id']} touches the edge of the sheet"
 
 
 def test_garments_fill_half_to_most_of_the_square_frame(rows):
     for row in rows:
-        ys, xs = np.nonzero(np.asarray(row["silhouette"]))
-        span = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / max(row["sketch"].size)
-        assert 0.45 <= span <= 0.95, (row["id"], span)
+        silhouette = _evaluated(row)[1]
+        ys, xs = np.nonzero(silhouette)
+        span = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / max(silhouette.shape)
+        assert SMALLER_ON_THE_PAGE.get(row["style"], (0.45, 0))[0] <= span <= 0.95, (row["id"], span)
 
 
 def test_outline_styles_draw_the_silhouette_edge(rows):
@@ -160,6 +200,87 @@ def test_fine_lines_are_black_on_white_big_sheets(rows):
     for row in _of(rows, "fine_line"):
         sketch = np.asarray(row["sketch"])
         assert 1024 <= sketch.shape[0] <= 2048 and np.median(sketch) == 255 and sketch.min() < 40
+
+
+def _edge_is_drawn(ink: np.ndarray, silhouette: np.ndarray, tolerance: float) -> float:
+    """Share of the silhouette's edge with ink within TOLERANCE px: the silhouette is the drawn outline's inside."""
+    near_ink = cv2.distanceTransform((~ink).astype(np.uint8), cv2.DIST_L2, 3) <= tolerance
+    return float(near_ink[_distance_to_edge(silhouette) < 1].mean())
+
+
+def test_printed_paper_runs_across_the_sheet_but_not_into_the_silhouette(rows):
+    for row in _of(rows, "ruled_page"):
+        sketch, silhouette = np.asarray(row["sketch"]), np.asarray(row["silhouette"])
+        pen = sketch < 110  # the garment's dark ink; the printing is a light grey (about 160-175)
+        tolerance = 2 + 0.005 * max(sketch.shape)
+        assert _edge_is_drawn(pen, silhouette, tolerance) > 0.97, row["id"]
+        assert (_distance_to_edge(silhouette)[pen] <= tolerance).mean() > 0.75, row["id"]  # the pen drew the edge
+        printed = (sketch < 0.95 * np.percentile(sketch, 99)) & ~pen
+        corner = round(0.2 * min(sketch.shape))
+        for printed_corner in (printed[:corner, :corner], printed[-corner:, -corner:]):
+            assert printed_corner.any(), f"{row['id']}: no printing in a corner of the sheet"
+        inside = (silhouette > 0) & (_distance_to_edge(silhouette) > tolerance)
+        assert printed[inside].any(), f"{row['id']}: the printing should run under the garment"
+
+
+def test_notes_are_written_beside_the_garment_with_leaders_into_it(rows):
+    for row in _of(rows, "notes"):
+        sketch, silhouette = np.asarray(row["sketch"]), np.asarray(row["silhouette"])
+        ink, side = _ink(row), max(sketch.shape)
+        assert _edge_is_drawn(ink, silhouette, 2 + 0.005 * side) > 0.97, row["id"]
+        outside = (silhouette == 0) & (_distance_to_edge(silhouette) > 0.03 * side)
+        letters, _ = cv2.connectedComponents((ink & outside).astype(np.uint8))
+        assert letters > 8, f"{row['id']}: expected notes written beside the garment"
+        # A leader crosses the outline, so the outline's stroke reaches far out of the garment.
+        _, strokes = cv2.connectedComponents(ink.astype(np.uint8))
+        outline = np.bincount(strokes[(_distance_to_edge(silhouette) < 1) & ink]).argmax()
+        assert (outside & (strokes == outline)).sum() > 0.03 * side, f"{row['id']}: no leader into the garment"
+
+
+def test_the_croquis_is_drawn_around_the_garment_in_a_lighter_line_and_hidden_under_it(rows):
+    for row in _of(rows, "on_figure"):
+        sketch, silhouette = np.asarray(row["sketch"]), np.asarray(row["silhouette"])
+        ink, height = _ink(row), sketch.shape[0]
+        distance = _distance_to_edge(silhouette)
+        tolerance = 2 + 0.005 * max(sketch.shape)
+        on_edge = ink & (distance <= tolerance)
+        figure = ink & (silhouette == 0) & (distance > 3 * tolerance)
+        assert figure.sum() > 0.1 * on_edge.sum(), f"{row['id']}: expected a figure around the garment"
+        assert np.nonzero(figure)[0].min() < np.nonzero(silhouette)[0].min() - 0.1 * height, "no head above it"
+        # The silhouette's edge is the garment's dark line, not the figure's lighter one ...
+        assert np.median(sketch[on_edge]) < np.percentile(sketch[figure], 10), row["id"]
+        # ... and the figure is not drawn inside the garment: inside it, only the garment's own neckline.
+        assert (ink & (silhouette > 0) & (distance > tolerance)).sum() < 0.3 * on_edge.sum(), row["id"]
+
+
+def test_two_garment_sheets_box_the_asked_for_garment_and_leave_the_other_outside(rows):
+    for row in _of(rows, "two_garments"):
+        sketch, silhouette = np.asarray(row["sketch"]), np.asarray(row["silhouette"])
+        height, width = sketch.shape
+        assert width > 1.3 * height, "two garments side by side on a landscape sheet"
+        x0, y0, x1, y1 = row["region"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        box = np.zeros_like(silhouette, bool)
+        box[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] = True
+        assert not (silhouette[~box] > 0).any(), f"{row['id']}: the garment runs out of its region"
+        ink = _ink(row)
+        assert ink[~box].sum() > 0.25 * ink.sum(), f"{row['id']}: the other garment should be outside the region"
+        # (A flat's own detail lines may poke a little out of its outline: a tank top's armhole binding.)
+        strays = ink & box & (silhouette == 0) & (_distance_to_edge(silhouette) > 0.03 * width)
+        assert not strays.any(), f"{row['id']}: the other garment reaches into the region"
+
+
+def test_phone_photos_show_the_sheet_on_a_darker_table_with_the_lines_on_the_silhouette(rows):
+    for row in _of(rows, "photo_shadow"):
+        sketch, silhouette = np.asarray(row["sketch"], np.float32), np.asarray(row["silhouette"])
+        assert 900 <= max(sketch.shape) <= 1600
+        # Ink against the local paper: the light falls off and a shadow lies across the page.
+        ink = sketch < 0.75 * cv2.dilate(sketch, np.ones((9, 9), np.uint8))
+        assert _edge_is_drawn(ink, silhouette, 3 + 0.005 * max(sketch.shape)) > 0.9, row["id"]
+        border = np.concatenate([sketch[:4].ravel(), sketch[-4:].ravel(), sketch[:, :4].ravel(),
+                                 sketch[:, -4:].ravel()])
+        paper = sketch[(silhouette > 0) & ~cv2.dilate(ink.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)]
+        assert np.percentile(border, 25) < 0.75 * np.median(paper), f"{row['id']}: expected the table around the sheet"
 
 
 def test_reference_image_is_the_silhouette_in_the_prompt_colour(rows):
