@@ -56,7 +56,7 @@ COMMANDS = (
     Command("data synth", "fashionsd_x.data.synth:synthesize", "generate synthetic flat-lay garments with captions",
             (), "fashionsd_x.cli_show:data_synth"),
     Command("data sketch-styles", "fashionsd_x.data.sketch_styles:make_sketch_styles",
-            "write the sketch-style benchmark (designers' sketches of six kinds) for fsdx evaluate", (),
+            "write the sketch-style benchmark (designers' sketches and pages of eleven kinds) for fsdx evaluate", (),
             "fashionsd_x.cli_show:data_sketch_styles"),
     Command("train lora", "fashionsd_x.train.lora:train_lora", "fine-tune a Stable Diffusion base with LoRA", (),
             "fashionsd_x.cli_show:train", settings="fashionsd_x.train.config:LoraTrainConfig"),

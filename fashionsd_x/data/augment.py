@@ -52,6 +52,7 @@ class SketchAugment:
     pencil_probability: float = 0.3  # grey pencil on textured paper
     scale_range: tuple[float, float] = (1.0, 1.0)  # garment and sketch scaled together (needs uncached latents)
     shift: float = 0.0  # and moved by up to this share of the side (needs uncached latents)
+    rotation: float = 0.0  # and turned by up to this many degrees either way (a photo of a page is never straight)
     page_probability: float = 0.0  # share of samples drawn on a designer's page (0 = off; 0.3 suggested)
     printing_probability: float = 0.6  # on a page: ruled lines, a square grid or a dot grid printed on the paper
     notes_probability: float = 0.5  # on a page: notes in the margin with leader lines into the garment
@@ -68,6 +69,8 @@ class SketchAugment:
             raise ValueError("extractor_probability + outline_probability must be at most 1 (they are exclusive)")
         _check_range("stroke_range", self.stroke_range, 0.0, 0.1)
         _check_range("scale_range", self.scale_range, 0.2, 2.0)
+        if not 0.0 <= self.rotation <= 45.0:
+            raise ValueError(f"rotation must be in [0, 45] degrees, got {self.rotation}")
         if not 0.0 <= self.shift <= 0.5 or not 0.0 <= self.wobble_amplitude <= 0.1 or not 0.0 <= self.gap_size <= 0.2:
             raise ValueError("shift must be in [0, 0.5], wobble_amplitude in [0, 0.1] and gap_size in [0, 0.2] "
                              "of the side")
@@ -78,7 +81,7 @@ class SketchAugment:
 
     def moves_garment(self) -> bool:
         """True when the photo moves with the sketch (the latents must then be encoded every step)."""
-        return tuple(self.scale_range) != (1.0, 1.0) or self.shift > 0
+        return tuple(self.scale_range) != (1.0, 1.0) or self.shift > 0 or self.rotation > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
@@ -485,13 +488,15 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _placement(shape: tuple[int, ...], augment: SketchAugment, rng: np.random.Generator) -> np.ndarray:
-    """2 x 3 affine: scale about the centre by a factor from scale_range, then a shift of up to `shift`."""
+    """2 x 3 affine: scale about the centre by a factor from scale_range (turned by up to `rotation` degrees),
+    then a shift of up to `shift`. The turn is drawn last and only when asked, so runs without it draw as before."""
     height, width = shape[:2]
     scale = rng.uniform(*augment.scale_range)
     dx, dy = rng.uniform(-augment.shift, augment.shift, size=2) * (width, height)
-    centre_x, centre_y = width / 2, height / 2
-    return np.array([[scale, 0, centre_x * (1 - scale) + dx], [0, scale, centre_y * (1 - scale) + dy]],
-                    dtype=np.float32)
+    angle = rng.uniform(-augment.rotation, augment.rotation) if augment.rotation > 0 else 0.0
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+    matrix[:, 2] += (dx, dy)
+    return matrix.astype(np.float32)
 
 
 def _warp(array: np.ndarray, matrix: np.ndarray, fill: int) -> np.ndarray:

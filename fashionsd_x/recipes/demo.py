@@ -4,7 +4,9 @@ The sketches and prompts ship with the model (fashionsd_x/embedded/demo): a t-sh
 skirt, drawn by the synthetic-garment renderer from seeds no training stage used and sketched by the dataset
 stage's extractor, each asked for in several colours with the print of the model's new collection it shows;
 then a row of sketches drawn the way designers draw (a shaky outline with breaks, a fine line on a large sheet),
-made by the sketch-style benchmark's code, each with one prompt.
+and a row of designers' pages (a garment on squared paper, a flat with notes and leader lines), each page shown
+beside what the model sees once the page is cleaned up and the garment made from it; both rows are made by the
+sketch-style benchmark's code, each sketch with one prompt.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ DEMO_ITEMS = {
 }
 # (style of data.sketch_styles, item, colour, pattern): the hand-drawn row, sketch then garment, twice.
 HAND_DRAWN = (("wobbly_gaps", 0, "red", "solid"), ("fine_line", 3, "navy", "dots"))
+# The same for designers' pages, shown as page, what the model sees (cleaned up), garment.
+PAGES = (("ruled_page", 2, "green", "solid"), ("notes", 1, "red", "dots"))
 CELL = 192  # contact-sheet cell side in pixels
 CAPTION_LINES = 2
 
@@ -74,7 +78,8 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
     """
     started = time.monotonic()
     generator = GarmentGenerator.load(model)
-    rows, paths, hand_drawn = [], [], []
+    rows, paths, hand_drawn, pages = [], [], [], []
+    page_names = {style for style, *_ in PAGES}
     items = read_demo_items()
     # Every garment in one batch, each prompt with its own sketch: on a CPU a batch costs much less per garment
     # than a call per sketch.
@@ -85,11 +90,14 @@ def run_demo(out: Path = Path("outputs/demo"), model: str | None = None, steps: 
         results, everything = everything[:len(prompts)], everything[len(prompts):]
         paths += [result.save(Path(out) / "images" / f"{name}_{k}.png") for k, result in enumerate(results)]
         cells = [(Image.open(sketch), "sketch")] + [(result.image, prompt) for result, prompt in zip(results, prompts)]
-        if len(prompts) == 1:  # a hand-drawn sketch: sketch and garment side by side, several to a row
+        if name in page_names:  # a page: the page, what the model sees of it, the garment
+            pages += [(Image.open(sketch), name.replace("_", " ")), (results[0].sketch, "what the model sees"),
+                      cells[1]]
+        elif len(prompts) == 1:  # a hand-drawn sketch: sketch and garment side by side, several to a row
             hand_drawn += [(Image.open(sketch), name.replace("_", " ")), cells[1]]
         else:
             rows.append(cells)
-    sheet = contact_sheet(rows + ([hand_drawn] if hand_drawn else []), Path(out) / "contact_sheet.png")
+    sheet = contact_sheet(rows + [row for row in (hand_drawn, pages) if row], Path(out) / "contact_sheet.png")
     return DemoResult(sheet, paths, time.monotonic() - started, len(items))
 
 
@@ -113,7 +121,7 @@ def write_demo_items(root: Path, resolution: int = 128, sketch: SketchConfig | N
         file_name = f"{category}.png"
         extract_sketch(photo, sketch or SketchConfig()).save(root / file_name)
         index.append({"name": category, "sketch": file_name, "prompts": list(prompts)})
-    for style, number, color, pattern in HAND_DRAWN:
+    for style, number, color, pattern in HAND_DRAWN + PAGES:
         item = draw_item(DEMO_SEED, style, number)
         Image.fromarray(item.sketch).save(root / f"{style}.png", optimize=True)
         index.append({"name": style, "sketch": f"{style}.png", "prompts": [prompt(item.category, color, pattern)]})

@@ -119,7 +119,7 @@ def test_every_metric_per_sketch_style_on_the_benchmark(setup, tmp_path):
     metrics = json.loads((tmp_path / "styles" / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result.metrics))
     assert list(metrics["by_style"]) == list(STYLES)
-    assert metrics["num_items_by_style"] == {style: 2 for style in STYLES} and metrics["num_items"] == 12
+    assert metrics["num_items_by_style"] == {style: 2 for style in STYLES} and metrics["num_items"] == 2 * len(STYLES)
     for style, variants in metrics["by_style"].items():
         assert list(variants) == ["vanilla", "lora", "fashionsd-x"], style
         for scores in variants.values():
