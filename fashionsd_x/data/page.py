@@ -60,15 +60,15 @@ def clean_page(ink: np.ndarray, darkness: np.ndarray, gray: np.ndarray) -> PageC
     rest = work.ink & ~areas["off_sheet"] & ~areas["printing"]
     strong = work.strong_strokes(rest)
     garment = work.garment_area(strong) if strong is not None else None
-    if garment is not None and (rest & ~strong & ~garment[1]).sum() < 0.4 * (rest & ~strong).sum():
-        garment = None  # the fainter strokes are mostly the garment's own outline (a pencil's pressure varies)
+    if garment is not None and work.on_outline(rest & ~strong, garment[0]):
+        garment = None  # the fainter strokes are the garment's own outline (a pencil's pressure varies)
     if garment is None:
         strong = None
         garment = work.garment_area(rest)
     if garment is not None:
         shape, grown = garment
-        if strong is not None:  # fainter strokes go wherever they leave the garment's shape, not only beyond
-            areas["figure"] = ~shape & _grown(rest & ~strong, 1) & ~_grown(strong, 2)  # its tolerance
+        if strong is not None:  # a figure: its fainter strokes go wherever they are, under the garment too
+            areas["figure"] = _grown(rest & ~strong, 1) & ~_grown(strong, 2)
         areas["outside"] = ~grown
     removed: dict[str, np.ndarray] = {}
     kept = ink
@@ -238,6 +238,14 @@ class _Work:
         if not 0.03 <= share <= 0.7:
             return None
         return ink & ~weak
+
+    def on_outline(self, faint: np.ndarray, shape: np.ndarray) -> bool:
+        """True when most FAINT strokes run along the edge of the garment's SHAPE (they are its outline, drawn
+        lighter in places), not across it or away from it (a figure, construction lines)."""
+        band = self.px(0.03)
+        edge = (cv2.dilate(shape.astype(np.uint8), _disc(band)) > 0) & ~(cv2.erode(shape.astype(np.uint8),
+                                                                                 _disc(band)) > 0)
+        return (faint & edge).sum() >= 0.6 * faint.sum()
 
     def garment_area(self, strokes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Bool: the garment's filled shape, and that grown by a tolerance; None when no shape can be read.

@@ -16,16 +16,19 @@ import yaml
 from PIL import Image, ImageDraw
 
 from fashionsd_x.apps.studio import StudioError, serve_studio
-from fashionsd_x.apps.studio.actions import (Settings, SketchSettings, blank_canvas, canvas_sketch, control_values,
-                                             describe_model, extract, generated_files, history_rows, load_upload,
-                                             model_view, pick_sketch, reuse, run_generation)
-from fashionsd_x.apps.studio.ui import CANVAS
-from fashionsd_x.data.conditioning import SketchConditioning
+from fashionsd_x.apps.studio.actions import (PageSettings, PageView, Settings, SketchSettings, blank_canvas,
+                                             canvas_sketch, control_values, describe_model, extract, generated_files,
+                                             history_rows, load_upload, model_view, page_values, page_view,
+                                             pick_sketch, repapered, reuse, run_generation)
+from fashionsd_x.apps.studio.paper import FIGURE_HEIGHT, PAPERS, paper
+from fashionsd_x.apps.studio.ui import CANVAS, _page_outputs
+from fashionsd_x.data.conditioning import SketchConditioning, SketchRegion, conditioning_preview, control_image
 from fashionsd_x.data.images import load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, read_params
 from tests.apps import screenshots
 from tests.conftest import garment
+from tests.data.test_conditioning import agreement
 from tests.test_generate import _save_controlnet, _save_lora
 
 STEPS = 2
@@ -211,24 +214,144 @@ def test_history_row_restores_settings_and_reproduces_the_images(generator, tmp_
     first = Settings(prompt="navy trousers", num_images=1, steps=STEPS, seed=3, guidance_scale=5.0,
                      controlnet_scale=1.2, lora_scale=0.3, scheduler="ddim", control_start=0.1, control_end=0.7)
     photo_settings = SketchSettings("xdog", 15, 4.0)
+    page = PageSettings(SketchRegion(0.1, 0.0, 0.9, 0.75), cleanup=False)
     history = run_generation(generator, tmp_path / "out", first, sketch, source="photo",
-                             sketch_settings=photo_settings).history
+                             sketch_settings=photo_settings, page=page).history
     history = run_generation(generator, tmp_path / "out", Settings(prompt="a skirt", num_images=1, steps=STEPS),
-                             history=history).history
+                             history=history, page=page).history  # no sketch: the page's settings act on nothing
     assert [entry.source for entry in history] == ["photo", "prompt"] and history[1].sketch is None
     entry = reuse(history, 0)
     assert control_values(entry) == ("navy trousers", "", 1, STEPS, 5.0, 1.2, 0.3, 3, "ddim", 0.1, 0.7, "xdog", 15,
                                      4.0)
+    assert page_values(entry) == ("0.1,0,0.9,0.75", False) and page_values(history[1]) == ("", True)
     assert history_rows(history)[0][7:9] == [1.2, "0.1–0.7"] and history_rows(history)[1][8] == "0–1"
+    assert history_rows(history)[0][11:] == ["0.1,0,0.9,0.75", "off"] and history_rows(history)[1][11:] == ["", ""]
     assert reuse(history, 5) is None and reuse(history, -1) is None
-    # The restored settings and the kept sketch make the same garment again.
+    # The restored settings, page settings and the kept sketch make the same garment again.
     restored = Settings.from_page(*[float(v) if isinstance(v, int) else v for v in control_values(entry)[:11]])
+    restored_page = PageSettings.from_page(*page_values(entry))
     kept, _ = load_upload(entry.sketch)
-    again = run_generation(generator, tmp_path / "again", restored, kept, history=history)
-    assert restored == first and len(again.history) == 3
+    again = run_generation(generator, tmp_path / "again", restored, kept, history=history, page=restored_page)
+    assert restored == first and restored_page == page and len(again.history) == 3
+    assert read_params(again.files[0]).sketch_region == [0.1, 0.0, 0.9, 0.75]
     # Within a grey level: the LoRA scale went 0.3 -> 1.0 -> 0.3 in between, and unfusing then fusing the LoRA
     # into the UNet's weights rounds in the last bit.
     assert np.abs(_pixels(again.files[0]) - _pixels(entry.files[0])).max() <= 1
+
+
+def _two_garment_page(folder: Path) -> Path:
+    """A grid-ruled page (the paper's printing) with two garments side by side: a box left, a dress right."""
+    page = Image.new("L", (256, 160), 255)
+    pen = ImageDraw.Draw(page)
+    for at in range(8, 256, 16):
+        pen.line((at, 0, at, 159), fill=190)
+    for at in range(8, 160, 16):
+        pen.line((0, at, 255, at), fill=190)
+    pen.rectangle((20, 25, 100, 135), outline=0, width=3)
+    pen.polygon([(170, 20), (200, 20), (230, 135), (140, 135)], outline=0, width=3)
+    path = folder / "page.png"
+    page.save(path)
+    return path
+
+
+def test_the_page_region_and_cleanup_reach_the_generator_and_the_pngs(normalising, tmp_path, one_thread):
+    sketch, _ = load_upload(_two_garment_page(tmp_path))
+    page = PageSettings.from_page(" 0.5,0,1,1 ", True)
+    assert page == PageSettings(SketchRegion(0.5, 0.0, 1.0, 1.0), True) and page.region_text() == "0.5,0,1,1"
+    outcome = run_generation(normalising, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS),
+                             sketch, source="upload", page=page)
+    params = read_params(outcome.files[0])
+    assert params.sketch_region == [0.5, 0.0, 1.0, 1.0] and params.sketch_cleanup is True
+    # The image is generation's own for that region; what the model saw is the model view, and it is the right
+    # half of the page alone (the box on the left never reached the model).
+    single = normalising("a dress", sketch=sketch, steps=STEPS, seed=0, sketch_region="0.5,0,1,1")[0]
+    assert np.array_equal(_pixels(outcome.files[0]), np.asarray(single.image).astype(int))
+    seen, _ = model_view(normalising, sketch, page)
+    assert np.array_equal(np.asarray(outcome.seen), np.asarray(seen))
+    right = conditioning_preview(sketch.crop((128, 0, 256, 160)), normalising.resolution, normalising.conditioning)
+    assert np.array_equal(np.asarray(seen), np.asarray(right))
+    assert not np.array_equal(np.asarray(seen), np.asarray(model_view(normalising, sketch)[0]))
+    # Cleanup off: the grid is a line like any other, and the PNG says so.
+    raw = PageSettings(cleanup=False)
+    kept = run_generation(normalising, tmp_path / "out", Settings(prompt="a dress", num_images=1, steps=STEPS),
+                          sketch, source="upload", page=raw)
+    assert read_params(kept.files[0]).sketch_cleanup is False and read_params(kept.files[0]).sketch_region is None
+    assert np.array_equal(np.asarray(kept.seen), np.asarray(model_view(normalising, sketch, raw)[0]))
+    assert (np.asarray(kept.seen) == 0).sum() > 2 * (np.asarray(model_view(normalising, sketch)[0]) == 0).sum()
+    # A photo's region is in its extracted sketch, the one its tab shows: the page's view is what the model got.
+    photo = tmp_path / "photo.png"
+    garment(5, size=128).save(photo)
+    extracted, _ = pick_sketch("photo", None, None, photo, SketchSettings(), normalising.resolution)
+    ran = run_generation(normalising, tmp_path / "out", Settings(prompt="a top", num_images=1, steps=STEPS), extracted,
+                         source="photo", page=PageSettings(SketchRegion(0.0, 0.0, 0.6, 1.0)))
+    _, note, seen, _ = _page_outputs(normalising, "photo", str(photo), "adaptive", 11, 2.0, "0,0,0.6,1", True)
+    assert note.startswith("removed: ") and read_params(ran.files[0]).sketch_region == [0.0, 0.0, 0.6, 1.0]
+    assert np.array_equal(np.asarray(seen.resize(ran.seen.size, Image.Resampling.NEAREST)), np.asarray(ran.seen))
+
+
+def test_the_explained_page_says_what_cleanup_removed(normalising, generator, tmp_path):
+    sketch, _ = load_upload(_two_garment_page(tmp_path))
+    view = page_view(normalising, sketch, PageSettings(SketchRegion(0.5, 0.0, 1.0, 1.0)))
+    assert view.explained.size == sketch.size and view.explained.mode == "RGB"
+    assert view.legend.startswith("removed: printing ") and view.legend.endswith("%") and "\n" not in view.legend
+    # The region's box is drawn on the page, whose left half is greyed out: the left garment is no longer black.
+    pixels = np.asarray(view.explained).astype(int)
+    assert pixels[25:135, 20:100].min() > 100 and pixels[:, 128:].min() == 0
+    assert page_view(normalising, sketch, PageSettings(cleanup=False)).legend.startswith("removed: nothing")
+    # A ControlNet that takes sketches as drawn has no cleanup: nothing is shown removed.
+    assert page_view(generator, sketch).legend.startswith("removed: nothing")
+    assert page_view(normalising, None) == PageView(None, None, "")  # no sketch: nothing to explain
+
+
+def test_a_bad_region_is_a_one_line_message(normalising, tmp_path):
+    path = _two_garment_page(tmp_path)
+    for text, reason in (("0.6,0,0.2,1", "x0 < x1"), ("left half", "fractions of the page"),
+                         ("0,0,1", "four numbers"), ("nan,0,1,1", "four numbers"), ("0,0,2,1", "from 0 to 1")):
+        with pytest.raises(ValueError, match=reason) as refused:
+            PageSettings.from_page(text, True)
+        assert "\n" not in str(refused.value) and str(refused.value).startswith("a sketch region")
+        explained, note, seen, _ = _page_outputs(normalising, "upload", str(path), "adaptive", 11, 2.0, text, True)
+        assert note == f"⚠️ {refused.value}"
+    assert PageSettings.from_page("", True) == PageSettings() == PageSettings.from_page(None, None)
+    with pytest.raises(ValueError, match="true or false"):
+        PageSettings.from_page("", "yes")
+    explained, note, seen, _ = _page_outputs(normalising, "upload", str(path), "adaptive", 11, 2.0, "0,0,0.5,1", True)
+    assert note.startswith("removed: ") and explained.size == (256, 160) and seen.width >= 128
+
+
+def test_the_paper_is_part_of_the_page_and_cleanup_takes_it_off():
+    layer = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle((30, 20, 90, 110), outline=(0, 0, 0, 255), width=3)
+    drawn_on_plain = np.asarray(canvas_sketch({**blank_canvas(128), "layers": [layer]}))
+    # On the canvas's own size, what the model sees of a drawing on any paper is the drawing on plain paper.
+    stroke = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    ImageDraw.Draw(stroke).polygon([(150, 120), (362, 120), (400, 220), (340, 230), (330, 420), (182, 420),
+                                    (172, 230), (112, 220)], outline=(0, 0, 0, 255), width=8)
+    seen_on_plain = control_image(canvas_sketch({**blank_canvas(CANVAS), "layers": [stroke]}), 128)
+    for name in PAPERS:
+        sheet = paper(name, 128)
+        luminance = np.asarray(sheet.convert("L"))
+        assert sheet.mode == "RGBA" and sheet.size == (128, 128)
+        # Printed light (a black line stands out), and printed at all but on plain paper.
+        assert luminance.min() >= 150 and (luminance.min() < 250) == (name != "plain")
+        assert canvas_sketch(blank_canvas(128, name)) is None  # paper alone is a blank canvas
+        assert pick_sketch("draw", blank_canvas(128, name), None, None, SketchSettings(), 32)[1].startswith(
+            "the canvas is blank")
+        # The page is the paper with the strokes on it; what the model sees is the strokes alone.
+        drawn = canvas_sketch({**blank_canvas(128, name), "layers": [layer]})
+        assert (name == "plain") == np.array_equal(np.asarray(drawn), drawn_on_plain)
+        page = canvas_sketch({**blank_canvas(CANVAS, name), "layers": [stroke]})
+        assert agreement(control_image(page, 128), seen_on_plain) > 0.95, name
+        # Another paper keeps the strokes.
+        assert np.array_equal(np.asarray(canvas_sketch(repapered({**blank_canvas(128), "layers": [layer]}, 128, name))),
+                              np.asarray(drawn))
+    # The croquis: FIGURE_HEIGHT of the sheet tall, centred.
+    rows, columns = np.nonzero(np.asarray(paper("figure", CANVAS).convert("L")) < 250)
+    assert abs((rows.max() - rows.min()) / CANVAS - FIGURE_HEIGHT) < 0.02
+    assert abs((rows.max() + rows.min()) / 2 - CANVAS / 2) < 3
+    assert abs((columns.max() + columns.min()) / 2 - CANVAS / 2) < 3
+    with pytest.raises(ValueError, match="unknown paper"):
+        paper("graph", 64)
 
 
 def test_a_model_without_controlnet_offers_the_prompt_only(tiny_base, tmp_path, one_thread):
@@ -289,9 +412,15 @@ def test_browser_upload_prompt_generate_download_and_reuse(generator, page, tmp_
         params = read_params(download)  # the PNG's text chunks survived the trip through Gradio
         assert (params.prompt, params.steps) == ("a red dress", STEPS)
         page.locator("#prompt textarea").fill("something else")
+        region = page.locator("#sketch-region input")
+        region.fill("0.5,0,0.2,1")  # its right edge left of its left: the page's own line, here and under Generate
+        page.locator("#sketch-page-note").get_by_text("⚠️ a sketch region needs x0 < x1").wait_for(timeout=30_000)
+        page.locator("#generate").click()
+        page.locator("#message").get_by_text("a sketch region needs x0 < x1").wait_for(timeout=30_000)
         page.locator('#history [data-testid="cell-0-1"]').click()  # the first history row's prompt
         page.wait_for_function("document.querySelector('#prompt textarea').value == 'a red dress'", timeout=30_000)
-        assert "restored" in page.locator("#message").inner_text()
+        assert "restored" in page.locator("#message").inner_text() and region.input_value() == ""  # its region
+        page.locator("#sketch-page-note").get_by_text("removed: ").wait_for(timeout=30_000)
         page.locator('#sketch-upload [aria-label="sketch.png"]').wait_for(timeout=30_000)  # the sketch it used
         (tmp_path / "notes.png").write_text("not an image")
         page.get_by_role("tab", name="From photo").click()
@@ -313,7 +442,9 @@ WATCH_CANVAS = """window.canvasWatch = {shown: 0, unready: 0}; let streak = 0;
   requestAnimationFrame(tick);"""
 # Every frame, from when it is installed: the most progress texts shown at once, whether a toast from before was gone
 # while a run was in progress, and the times (ms) the last run's warning line first went and progress last showed.
-SHOWN = 'el => el.offsetParent !== null && el.textContent.trim() !== ""'
+# A progress text on screen: laid out, not in a tracker Gradio keeps transparent (class hide: an event with
+# show_progress="hidden", e.g. the page's view of the sketch, still renders its timer there), and not empty.
+SHOWN = 'el => el.offsetParent !== null && !el.closest(".hide") && el.textContent.trim() !== ""'
 SHOWN_PROGRESS = f'[...document.querySelectorAll(".progress-text")].filter({SHOWN}).length'  # timers on screen
 WATCH_PROGRESS = f"""() => {{ window.watched = {{progress: 0, toast_closed: false, line_gone: null, last_progress: null}};
   const shown = {SHOWN};
@@ -363,8 +494,10 @@ def test_browser_draw_at_once_then_one_progress_and_no_stale_warning(generator, 
         page.get_by_text("cannot use notes.png").first.wait_for(timeout=30_000)
         page.get_by_role("tab", name="Draw").click()
         assert "⚠" in page.locator("#message").inner_text()  # the empty prompt's warning, still up
-        # The tab switch is a round trip that enables the sketch sliders; on a loaded runner it can still be under
-        # way, its timer on those three sliders, and it is not the Generate's progress this test counts.
+        # The tab switch is a round trip that enables the sketch sliders, and another that shows the drawing as the
+        # model reads it; on a loaded runner they can still be under way, a timer on those three sliders, and that
+        # is not the Generate's progress this test counts.
+        page.locator("#model-view-note").get_by_text("from this sketch").wait_for(timeout=30_000)
         page.wait_for_function(f"!({SHOWN_PROGRESS})", timeout=30_000)
         page.evaluate(WATCH_PROGRESS)
         page.locator("#generate").click()

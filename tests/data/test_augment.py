@@ -70,6 +70,18 @@ def test_moving_the_garment_moves_photo_and_sketch_together(garment):
     assert (lines & ~_dilate(silhouette(moved_photo), 2)).mean() < 0.002
 
 
+def test_turning_the_garment_turns_photo_and_sketch_together(garment):
+    sketch, photo = garment
+    turn = SketchAugment(probability=0.0, rotation=20.0)
+    turned = [augment_sample(sketch, photo, turn, np.random.default_rng(seed)) for seed in range(4)]
+    for turned_sketch, turned_photo in turned:
+        assert (turned_sketch < 128).sum() > 0.5 * (sketch < 128).sum()
+        assert ((turned_sketch < 128) & ~_dilate(silhouette(turned_photo), 2)).mean() < 0.002
+    # Turned, not only moved: the silhouette is no longer the upright one, and each seed turns it its own way.
+    assert all(not np.array_equal(silhouette(one), silhouette(photo)) for _, one in turned)
+    assert len({silhouette(one).tobytes() for _, one in turned}) == 4
+
+
 def test_page_elements_appear_around_the_garment_whose_lines_stay_dark(garment):
     sketch, photo = garment
     outside = ~_dilate(silhouette(photo), 3)

@@ -19,8 +19,10 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from fashionsd_x.data.conditioning import BlankSketchError, conditioning_preview
+from fashionsd_x.apps.studio.paper import paper
+from fashionsd_x.data.conditioning import BlankSketchError, SketchRegion, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, pad_to_square
+from fashionsd_x.data.page import KINDS
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, Generated, GenerationError, check_float, check_int, check_settings
 from fashionsd_x.models.embedded import EMBEDDED_DIR
@@ -99,6 +101,31 @@ class SketchSettings:
 
 
 @dataclass(frozen=True)
+class PageSettings:
+    """How the sketch's page is read: the box the garment is in, and whether cleanup finds the garment's line
+    (drops printing, notes, a figure drawn around it). The region is in fractions of the sketch the tab gives: the
+    canvas, the uploaded image, a photo's extracted sketch."""
+
+    region: SketchRegion | None = None  # None: the whole page
+    cleanup: bool = True  # the page's "Clean up the page" box; generation's sketch_cleanup
+
+    @classmethod
+    def from_page(cls, region: Any, cleanup: Any) -> PageSettings:
+        """From the region box's text ("" or "x0,y0,x1,y1") and the cleanup box (None: an API caller from before
+        either existed). Bad text is a ValueError whose one line says what a region is."""
+        text = "" if region is None else str(region).strip()
+        if cleanup is None:
+            cleanup = True
+        if not isinstance(cleanup, bool):
+            raise ValueError(f"clean up the page must be true or false, got {cleanup!r}")
+        return cls(SketchRegion.parse(text) if text else None, cleanup)
+
+    def region_text(self) -> str:
+        """The region as the page's box shows it: "" for the whole page, else "x0,y0,x1,y1"."""
+        return "" if self.region is None else ",".join(f"{value:g}" for value in self.region.to_list())
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """One click of Generate: the settings, the sketch it used (saved beside the images) and the PNGs."""
 
@@ -107,6 +134,7 @@ class HistoryEntry:
     source: Source
     sketch: Path | None  # the conditioning sketch as a PNG, None for a text-only run
     files: tuple[Path, ...]  # the PNGs, each carrying its parameters in its text chunks
+    page: PageSettings = PageSettings()  # the region and cleanup the sketch was read with (defaults: text only)
 
 
 @dataclass(frozen=True)
@@ -119,6 +147,16 @@ class Outcome:
     message: str
     notes: tuple[str, ...] = ()
     seen: Image.Image | None = None  # Generated.sketch: the conditioning, black on white; None for text only
+
+
+@dataclass(frozen=True)
+class PageView:
+    """The sketch's page as the model reads it: what it receives, the page explained, and a line saying what was
+    removed (or, with no images, why there is nothing to show)."""
+
+    seen: Image.Image | None  # what the model receives (`model_view`)
+    explained: Image.Image | None  # the page: kept line black, removed ink coloured by kind, the region's box
+    legend: str  # "removed: printing 62%, notes 4%", or why nothing is shown
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -155,30 +193,42 @@ def _is_embedded(path: str) -> bool:
 # ---------------------------------------------------------------------------------------------- sketches
 
 
-def blank_canvas(side: int) -> dict:
-    """The canvas's starting value: a white sheet of `side` px, no strokes.
+def blank_canvas(side: int, paper_name: str = "plain") -> dict:
+    """The canvas's starting value: a `side` px sheet of paper (`paper.PAPERS`: plain, grid, ...), no strokes.
 
     Why a sheet and not None: Gradio's editor (6.x) switches to its image tool whenever its value is empty, so a
     designer who just drags on an empty Sketchpad draws nothing; with a background it opens with the brush.
     """
-    return {"background": Image.new("RGBA", (side, side), (255, 255, 255, 255)), "layers": [], "composite": None}
+    return {"background": paper(paper_name, side), "layers": [], "composite": None}
+
+
+def repapered(value: dict | None, side: int, paper_name: str) -> dict:
+    """The canvas on another paper: the background replaced, the strokes (the editor's layers) kept."""
+    return {**blank_canvas(side, paper_name), "layers": list((value or {}).get("layers") or [])}
 
 
 def canvas_sketch(value: dict | None) -> Image.Image | None:
-    """A drawing on the canvas as black lines on white (mode "L"), or None when nothing is drawn.
+    """A drawing on the canvas as the page it is drawn on (mode "L"), or None when nothing is drawn.
 
-    The editor hands over RGBA images whose untouched pixels are transparent; they are composited on white
-    (the sketch convention), not read as black, which is what dropping the alpha channel would give.
+    The page is the paper the studio laid under the brush (plain, grid, a figure...) with the editor's layers,
+    where the brush draws, on top: the model gets it as it would a photo of that page, and cleanup
+    (`data.page`) takes the grid or the croquis off, as it does for an uploaded page; "What the model sees"
+    shows what is left. The layers are RGBA images whose untouched pixels are transparent; they are composited
+    over the paper, not read as black, which is what dropping the alpha channel would give. Bare paper is not a
+    drawing: without a stroke there is no sketch.
     """
-    layers = [value.get("background"), *(value.get("layers") or [])] if value else []
-    images = [_as_image(layer) for layer in layers if layer is not None]
-    if not images:
+    layers = [_as_image(layer) for layer in (value.get("layers") or [])] if value else []
+    drawn = [layer for layer in layers if np.asarray(layer.convert("RGBA"))[..., 3].any()]
+    if not drawn:
         return None
-    paper = Image.new("RGBA", images[0].size, (255, 255, 255, 255))
-    for image in images:
-        paper.alpha_composite(image.convert("RGBA").resize(paper.size))
-    sketch = paper.convert("L")
-    return sketch if np.asarray(sketch).min() < 255 else None
+    background = value.get("background") if value else None
+    size = _as_image(background).size if background is not None else drawn[0].size
+    sheet = Image.new("RGBA", size, (255, 255, 255, 255))
+    if background is not None:
+        sheet.alpha_composite(_as_image(background).convert("RGBA").resize(size))
+    for layer in drawn:
+        sheet.alpha_composite(layer.convert("RGBA").resize(size))
+    return sheet.convert("L")
 
 
 def _as_image(layer: Image.Image | np.ndarray) -> Image.Image:
@@ -233,18 +283,58 @@ def pick_sketch(source: Source, canvas: dict | None, upload: str | Path | None, 
     return None, f"unknown sketch source {source!r}: choose one of {', '.join(SOURCES)}"
 
 
-def model_view(generator: GarmentGenerator, sketch: Image.Image | None) -> tuple[Image.Image | None, str]:
+def model_view(generator: GarmentGenerator, sketch: Image.Image | None,
+               page: PageSettings = PageSettings()) -> tuple[Image.Image | None, str]:
     """What the model will receive for `sketch` (black lines on white at its resolution), or (None, why not).
 
     `conditioning_preview` runs the generator's own `control_image` with its resolution and sketch conditioning,
-    so the preview equals `Generated.sketch` of the images Generate then makes from this sketch.
+    the page's cleanup setting and region applied as `GarmentGenerator.sketch_settings` applies them, so the
+    preview equals `Generated.sketch` of the images Generate then makes from this sketch with this page.
     """
     if sketch is None:
         return None, ""
+    region, conditioning = generator.sketch_settings(page.region, page.cleanup)
     try:
-        return conditioning_preview(sketch, generator.resolution, generator.conditioning), ""
+        return conditioning_preview(sketch, generator.resolution, conditioning, region), ""
     except BlankSketchError as error:
         return None, str(error)
+
+
+# What cleanup removed, in a designer's words, by kind (data.page.KINDS).
+REMOVED_WORDS = {"off_sheet": "off the sheet", "printing": "printing", "figure": "figure", "outside": "notes"}
+
+
+def page_view(generator: GarmentGenerator, sketch: Image.Image | None, page: PageSettings = PageSettings()) -> PageView:
+    """The sketch's page as the model reads it with `page`'s region and cleanup: `model_view` and
+    `explained_page`; for no sketch, empty images and ""."""
+    if sketch is None:
+        return PageView(None, None, "")
+    seen, problem = model_view(generator, sketch, page)
+    if seen is None:
+        return PageView(None, None, problem)
+    return PageView(seen, *explained_page(generator, sketch, page))
+
+
+def explained_page(generator: GarmentGenerator, sketch: Image.Image,
+                   page: PageSettings = PageSettings()) -> tuple[Image.Image, str]:
+    """The page as `generator` reads it (`GarmentGenerator.explain`: kept line black, removed ink coloured by
+    kind, the region's box, what is outside it greyed) and the share of ink removed, in a line.
+
+    A ControlNet that takes sketches as drawn (trained before normalisation) has no cleanup: its page is explained
+    with nothing removed, as it is read.
+    """
+    image, removed = generator.explain(sketch, page.region, page.cleanup and generator.conditioning.normalize)
+    return image, removed_line(removed)
+
+
+def removed_line(removed: dict[str, float]) -> str:
+    """The share of the page's ink cleanup removed, e.g. "removed: printing 62%, notes 4%"."""
+    shares = [f"{REMOVED_WORDS[kind]} {_percent(removed[kind])}" for kind in KINDS if removed.get(kind)]
+    return "removed: " + (", ".join(shares) if shares else "nothing (every line on the page is the garment's)")
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.005 else "<1%"
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -252,14 +342,16 @@ def model_view(generator: GarmentGenerator, sketch: Image.Image | None) -> tuple
 
 def run_generation(generator: GarmentGenerator, out: Path, settings: Settings, sketch: Image.Image | None = None,
                    history: Sequence[HistoryEntry] = (), source: Source = "prompt",
-                   sketch_settings: SketchSettings = SketchSettings(),
+                   sketch_settings: SketchSettings = SketchSettings(), page: PageSettings = PageSettings(),
                    progress: Progress | None = None) -> Outcome:
     """Generate `settings.num_images` garments into a new folder under `out` and add the run to the history.
 
     Images are made one at a time (image k with seed + k) so progress can be shown; each equals what
-    `fsdx generate` makes with that seed and is saved by `Generated.save`, so its PNG carries the parameters.
+    `fsdx generate` makes with that seed and is saved by `Generated.save`, so its PNG carries the parameters
+    (the page's region and cleanup included). Without a sketch the page's settings have nothing to act on.
     """
     history = list(history)
+    page = page if sketch is not None else PageSettings()
     problem = settings.problem()
     if problem:
         return Outcome([], history, problem)
@@ -272,24 +364,26 @@ def run_generation(generator: GarmentGenerator, out: Path, settings: Settings, s
             if progress is not None:
                 progress(k / settings.num_images, f"image {k + 1} of {settings.num_images}")
             try:
-                result = _generate_one(generator, settings, sketch, settings.seed + k)
+                result = _generate_one(generator, settings, sketch, page, settings.seed + k)
             except GenerationError as error:  # a sketch with no line the model could see says so, too
                 return Outcome([], history, str(error))
             seen = result.sketch  # the same for every image of the click
             files.append(result.save(run / IMAGE_NAME.format(seed=settings.seed + k, run=run.name)))
     kept = _save_sketch(sketch, run)
-    entry = HistoryEntry(settings, sketch_settings, source if sketch is not None else "prompt", kept, tuple(files))
+    entry = HistoryEntry(settings, sketch_settings, source if sketch is not None else "prompt", kept, tuple(files),
+                         page)
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     return Outcome(files, [*history, entry], "", notes, seen)
 
 
-def _generate_one(generator: GarmentGenerator, settings: Settings, sketch: Image.Image | None,
+def _generate_one(generator: GarmentGenerator, settings: Settings, sketch: Image.Image | None, page: PageSettings,
                   seed: int) -> Generated:
     return generator(settings.prompt, sketch=sketch, negative_prompt=settings.negative_prompt, num_images=1,
                      steps=settings.steps, guidance_scale=settings.guidance_scale,
                      controlnet_scale=settings.controlnet_scale, lora_scale=settings.lora_scale, seed=seed,
                      scheduler=settings.scheduler, control_start=settings.control_start,
-                     control_end=settings.control_end)[0]
+                     control_end=settings.control_end, sketch_region=page.region,
+                     sketch_cleanup=page.cleanup if sketch is not None else None)[0]
 
 
 def generated_files(out: Path) -> list[Path]:
@@ -309,15 +403,20 @@ def _save_sketch(sketch: Image.Image | None, run: Path) -> Path | None:
 
 
 HISTORY_HEADERS = ["#", "prompt", "sketch", "images", "seed", "steps", "guidance", "sketch strength",
-                   "sketch span", "LoRA strength", "sampler"]
+                   "sketch span", "LoRA strength", "sampler", "region", "cleanup"]
 
 
 def history_rows(history: Sequence[HistoryEntry]) -> list[list]:
-    """The history as table rows, newest last, in HISTORY_HEADERS order."""
+    """The history as table rows, newest last, in HISTORY_HEADERS order (a text-only run has no region or cleanup)."""
     return [[number, e.settings.prompt, e.source, len(e.files), e.settings.seed, e.settings.steps,
              e.settings.guidance_scale, e.settings.controlnet_scale,
-             f"{e.settings.control_start:g}–{e.settings.control_end:g}", e.settings.lora_scale, e.settings.scheduler]
+             f"{e.settings.control_start:g}–{e.settings.control_end:g}", e.settings.lora_scale, e.settings.scheduler,
+             *(_page_cells(e.page) if e.source != "prompt" else ("", ""))]
             for number, e in enumerate(history, 1)]
+
+
+def _page_cells(page: PageSettings) -> tuple[str, str]:
+    return page.region_text() or "whole page", "on" if page.cleanup else "off"
 
 
 def reuse(history: Sequence[HistoryEntry], row: int) -> HistoryEntry | None:
@@ -328,3 +427,8 @@ def reuse(history: Sequence[HistoryEntry], row: int) -> HistoryEntry | None:
 def control_values(entry: HistoryEntry) -> tuple:
     """The entry's settings in page order: the Settings fields, then method, block size and offset."""
     return (*astuple(entry.settings), *astuple(entry.sketch_settings))
+
+
+def page_values(entry: HistoryEntry) -> tuple[str, bool]:
+    """The entry's page settings as the page's region box and cleanup box take them."""
+    return entry.page.region_text(), entry.page.cleanup

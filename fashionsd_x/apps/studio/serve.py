@@ -39,12 +39,13 @@ def serve_studio(
 ) -> StudioRun:
     """Serve FashionSD-X Studio, a web page for designers: sketch + text in, garments out. Ctrl-C stops it.
 
-    Draw a sketch, upload one, or upload a garment photo and tune its extracted sketch live; write a prompt;
-    set the number of images, steps, guidance, sketch and LoRA strength and the seed; generate. Each garment
-    can be downloaded as a PNG carrying every parameter that reproduces it, and a click on a row of the
-    session's history puts its settings back. Generated files live in a temporary folder deleted when the
-    studio stops: download the ones to keep. The page has no login: it listens on this machine only unless
-    --host says otherwise.
+    Draw a sketch (on plain, grid, dot grid or ruled paper, or over a fashion figure), upload one, or upload a
+    garment photo and tune its extracted sketch live; see the page as the model reads it (cleanup removes printing,
+    a figure and notes; drag a box over the garment when a page holds two); write a prompt; set the number of
+    images, steps, guidance, sketch and LoRA strength and the seed; generate. Each garment can be downloaded
+    as a PNG carrying every parameter that reproduces it, and a click on a row of the session's history puts
+    its settings back. Generated files live in a temporary folder deleted when the studio stops: download the
+    ones to keep. The page has no login: it listens on this machine only unless --host says otherwise.
 
     Args:
         model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
