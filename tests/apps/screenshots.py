@@ -78,6 +78,20 @@ def generate_in_browser(page, url: str, sketch: Path, prompt: str, steps: int | 
     return page.locator("#downloads a").evaluate_all("links => links.map(link => link.href)")
 
 
+def drag(page, box: tuple[float, float, float, float], start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag the mouse in a straight line from `start` to `end`, fractions of BOX (left, top, width, height on
+    the page), in ten moves: a stroke on the canvas, or a box on an image."""
+    left, top, width, height = box
+    (x0, y0), (x1, y1) = start, end
+    points = [(left + width * (x0 + (x1 - x0) * k / 10), top + height * (y0 + (y1 - y0) * k / 10))
+              for k in range(11)]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point)
+    page.mouse.up()
+
+
 def set_number(page, elem_id: str, value: float) -> None:
     """Type into a slider's number box (the value reaches the server when the box loses focus)."""
     box = page.locator(f"#{elem_id} input[type=number]")

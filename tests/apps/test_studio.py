@@ -464,14 +464,7 @@ def _drag_at_once(page, start: tuple[float, float], end: tuple[float, float]) ->
     canvas = page.locator("#canvas canvas").first
     canvas.wait_for(timeout=60_000)
     box = canvas.bounding_box()
-    (x0, y0), (x1, y1) = start, end
-    points = [(box["x"] + box["width"] * (x0 + (x1 - x0) * k / 10),
-               box["y"] + box["height"] * (y0 + (y1 - y0) * k / 10)) for k in range(11)]
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*point)
-    page.mouse.up()
+    screenshots.drag(page, (box["x"], box["y"], box["width"], box["height"]), start, end)
 
 
 def test_browser_draw_at_once_then_one_progress_and_no_stale_warning(generator, page, tmp_path, one_thread):

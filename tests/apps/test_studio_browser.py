@@ -229,14 +229,7 @@ def drag(page: Any, elem_id: str, start: tuple[float, float], end: tuple[float, 
         const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
         const width = img.naturalWidth * scale, height = img.naturalHeight * scale;
         return [box.left + (box.width - width) / 2, box.top + (box.height - height) / 2, width, height]; }""")
-    left, top, width, height = area
-    points = [(left + width * (start[0] + (end[0] - start[0]) * k / 10),
-               top + height * (start[1] + (end[1] - start[1]) * k / 10)) for k in range(11)]
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*point)
-    page.mouse.up()
+    screenshots.drag(page, tuple(area), start, end)
 
 
 def test_a_region_box_dragged_on_the_page_gives_the_model_one_garment(embedded, studio, page, tmp_path):
