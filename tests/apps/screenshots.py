@@ -62,9 +62,24 @@ def browser_page() -> Iterator:
             browser.close()
 
 
+# The garments are in the gallery, or the page said why not (its line under Generate, or a toast).
+FINISHED = """() => [...document.querySelectorAll('#gallery img')].some(img => img.offsetParent !== null)
+  || document.querySelector('#message').textContent.includes('⚠')
+  || [...document.querySelectorAll('.toast-body')].some(toast => toast.offsetParent !== null)"""
+# What the page shows about a run: its line, toasts and progress timers, for a failure's message.
+SHOWN_STATE = """() => [document.querySelector('#message').textContent,
+  ...[...document.querySelectorAll('.toast-body, .progress-text')].map(el => el.textContent)]
+  .map(text => text.trim()).filter(Boolean).join(' | ')"""
+
+
 def generate_in_browser(page, url: str, sketch: Path, prompt: str, steps: int | None = None,
-                        timeout_ms: int = 60_000) -> list[str]:
-    """Upload `sketch`, type `prompt`, click Generate as a designer does; returns the PNG download links."""
+                        timeout_ms: int = 60_000, run_timeout_ms: int = 240_000) -> list[str]:
+    """Upload `sketch`, type `prompt`, click Generate as a designer does; returns the PNG download links.
+
+    The run itself may take minutes on a busy runner (`run_timeout_ms`); a run that ends without garments, or does
+    not end, fails with what the page showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto(url)
     page.get_by_role("tab", name="Upload sketch").click()
     page.locator("#sketch-upload input[type=file]").set_input_files(str(sketch))
@@ -73,7 +88,13 @@ def generate_in_browser(page, url: str, sketch: Path, prompt: str, steps: int | 
     if steps is not None:
         set_number(page, "steps", steps)
     page.locator("#generate").click()
-    page.locator("#gallery img").first.wait_for(timeout=timeout_ms)
+    try:
+        page.wait_for_function(FINISHED, timeout=run_timeout_ms)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no garments after {run_timeout_ms / 1000:.0f} s; the page showed: "
+                             f"{page.evaluate(SHOWN_STATE)!r}") from None
+    if not page.locator("#gallery img").first.is_visible():
+        raise AssertionError(f"Generate gave no garments; the page showed: {page.evaluate(SHOWN_STATE)!r}")
     page.locator("#downloads a").first.wait_for(timeout=timeout_ms)
     return page.locator("#downloads a").evaluate_all("links => links.map(link => link.href)")
 

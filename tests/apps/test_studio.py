@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -403,8 +404,21 @@ def test_cli_help_and_a_taken_port(tmp_path, capsys):
 
 
 def test_browser_upload_prompt_generate_download_and_reuse(generator, page, tmp_path, one_thread):
+    held: list[Any] = []
+
+    def hold(route) -> None:  # the Upload tab's select reaches the server only after Generate
+        if '"Upload sketch"' in (route.request.post_data or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
     with screenshots.serving(generator, tmp_path / "out") as url:
+        page.route("**/gradio_api/run/predict", hold)
         links = screenshots.generate_in_browser(page, url, _sketch_file(tmp_path), "a red dress", steps=STEPS)
+        assert held  # Generate used the tab on screen (the upload), not the session's last select (the canvas)
+        for route in held:
+            route.continue_()
+        page.unroute("**/gradio_api/run/predict")
         assert page.locator("#gallery img").count() >= 1
         assert len(links) == 4  # the default number of images
         download = tmp_path / "download.png"

@@ -143,6 +143,11 @@ PAGE_JS = f"""() => {{
 NEW_SHEET = """() => { document.getElementById("canvas").dataset.newSheet = "1"; }"""
 
 CLEAR_WARNINGS = """() => { document.querySelectorAll(".toast-close").forEach(close => close.click()); return ""; }"""
+# Generate uses the tab the designer sees: the browser names it. The tab's select event also sets the session's
+# source, but a click on a tab and then Generate straight away can reach the server in the other order.
+SHOWN_TAB = """(shown, ...rest) => {
+  const tab = document.querySelector("#sketch-tabs [role=tab][aria-selected=true]");
+  return [tab ? tab.dataset.tabId : "", ...rest]; }"""
 
 
 def build_app(generator: GarmentGenerator, out: Path) -> gr.Blocks:
@@ -189,7 +194,7 @@ def _header(generator: GarmentGenerator) -> None:
 def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dict[str, Any]:
     """The four sketch sources as tabs; build_app makes the one selected the one Generate uses."""
     inputs: dict[str, Any] = {}
-    with gr.Tabs(selected=source.value) as tabs:
+    with gr.Tabs(selected=source.value, elem_id="sketch-tabs") as tabs:
         with gr.Tab(TAB_LABELS["draw"], id="draw", visible=has_controlnet) as draw:
             inputs["canvas"] = gr.Sketchpad(
                 blank_canvas(CANVAS), label="Sketch: draw with the mouse or a pen", type="pil", image_mode="RGBA",
@@ -316,8 +321,10 @@ def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, so
     """Generate on a click: the last run's message goes at once, progress shows once (on the gallery)."""
     sketch_parts = [sketch_inputs[name] for name in ("canvas", "upload", "photo", "method", "block_size", "offset")]
 
-    def generate(source_name, canvas, upload, photo, method, block_size, offset, region, cleanup, history_value,
-                 *values, progress=gr.Progress()):
+    def generate(shown_tab, source_name, canvas, upload, photo, method, block_size, offset, region, cleanup,
+                 history_value, *values, progress=gr.Progress()):
+        if shown_tab in sketch_inputs["tab_items"]:  # what the page shows wins over the session's last select
+            source_name = shown_tab
         try:
             sketch_settings = SketchSettings.from_page(method, block_size, offset)
         except ValueError as error:  # a GenerationError: an API caller's NaN or text where a number goes
@@ -344,8 +351,9 @@ def _wire_generate(generator: GarmentGenerator, out: Path, button: gr.Button, so
     # The last run's warnings go in the page itself (its toasts closed, its line emptied): a round trip to the
     # server would show its own progress over the old warning.
     started = button.click(None, None, message, js=CLEAR_WARNINGS)
-    started.then(generate, [source, *sketch_parts, page["region"], page["cleanup"], history, *controls], outputs,
-                 concurrency_limit=1, concurrency_id="generator", show_progress_on=[gallery])
+    shown_tab = gr.Textbox(visible=False)
+    started.then(generate, [shown_tab, source, *sketch_parts, page["region"], page["cleanup"], history, *controls],
+                 outputs, js=SHOWN_TAB, concurrency_limit=1, concurrency_id="generator", show_progress_on=[gallery])
 
 
 def _failed(message: str, history: list[HistoryEntry]) -> tuple:
