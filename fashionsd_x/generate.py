@@ -42,6 +42,7 @@ from fashionsd_x.data.conditioning import (BlankSketchError, SketchConditioning,
                                           explain_sketch as explain_page)
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
+from fashionsd_x.files import atomic_path
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.models.embedded import with_embedded
 
@@ -155,10 +156,7 @@ class GenerationParams:
         check_settings(seed=self.seed, steps=self.steps, guidance_scale=self.guidance_scale,
                        controlnet_scale=self.controlnet_scale, lora_scale=self.lora_scale, resolution=self.resolution,
                        control_start=self.control_start, control_end=self.control_end)
-        try:
-            SketchRegion.parse(self.sketch_region)
-        except ValueError as error:
-            raise GenerationError(str(error)) from None
+        _region(self.sketch_region, "")
 
     @property
     def region(self) -> SketchRegion | None:
@@ -184,8 +182,8 @@ class Generated:
         info = PngImagePlugin.PngInfo()
         info.add_text(PNG_KEY, json.dumps(asdict(self.params), sort_keys=True))
         info.add_text("parameters", _a1111_line(self.params))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.image.save(path, pnginfo=info)
+        with atomic_path(path) as temporary:  # whole or not at all: a full disk leaves no truncated PNG
+            self.image.save(temporary, format="PNG", pnginfo=info)
         return path
 
 
@@ -349,10 +347,7 @@ class GarmentGenerator:
     def sketch_settings(self, region: SketchRegion | str | Sequence[float] | None,
                         cleanup: bool | None) -> tuple[SketchRegion | None, SketchConditioning]:
         """The region (checked) and the ControlNet's sketch conditioning with `cleanup` applied when given."""
-        try:
-            region = SketchRegion.parse(region)
-        except ValueError as error:
-            raise GenerationError(str(error)) from None
+        region = _region(region, "")
         if cleanup is not None and not isinstance(cleanup, bool):
             raise GenerationError(f"sketch_cleanup must be true or false (on or off), got {cleanup!r}")
         return region, self.conditioning if cleanup is None else replace(self.conditioning, cleanup=cleanup)
@@ -702,20 +697,24 @@ def generate(
                     raise
                 failed.append({"line": item.get("line"), "reason": str(error)})
                 continue
-            files.extend(_write(results, out, index))
-            if explain_sketch and results[0].sketch is not None:
-                _write_explained(out, index, results[0].sketch, explained)
+            try:
+                files.extend(_write(results, out, index))
+                if explain_sketch and results[0].sketch is not None:
+                    _write_explained(out, index, results[0].sketch, explained)
+            except OSError as error:  # a full disk, a folder made read-only: one line, nothing half written
+                raise GenerationError(f"cannot write to {out}: {error.strerror or error}") from None
     merged = _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
     if state.is_main_process:  # the main process reports what every process wrote
         files, skipped = [out / row["file"] for row in merged["generations"]], merged["skipped"]
     return GenerationRun(out, files, skipped if state.is_main_process else failed)
 
 
-def _region(value: Any) -> SketchRegion | None:
+def _region(value: Any, option: str = "--sketch-region: ") -> SketchRegion | None:
+    """A region as given (text, four numbers or None), checked; a GenerationError naming OPTION otherwise."""
     try:
         return SketchRegion.parse(value)
     except ValueError as error:
-        raise GenerationError(f"--sketch-region: {error}") from None
+        raise GenerationError(f"{option}{error}") from None
 
 
 def _cleanup(value: Any) -> bool | None:
@@ -802,12 +801,14 @@ def _write_explained(out: Path, index: int, seen: Image.Image,
                      explained: tuple[Image.Image, dict[str, float]] | None) -> None:
     """OUT/<item>_sketch.png (what the model sees) and, for a sketch, <item>_sketch_explained.png (the page as
     cleanup read it) with the share of ink removed per kind in its text chunk."""
-    seen.save(out / f"{index:04d}_sketch.png")
+    with atomic_path(out / f"{index:04d}_sketch.png") as temporary:
+        seen.save(temporary, format="PNG")
     if explained is not None:
         image, removed = explained
         info = PngImagePlugin.PngInfo()
         info.add_text("removed", json.dumps(removed, sort_keys=True))
-        image.save(out / f"{index:04d}_sketch_explained.png", pnginfo=info)
+        with atomic_path(out / f"{index:04d}_sketch_explained.png") as temporary:
+            image.save(temporary, format="PNG", pnginfo=info)
 
 
 def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dict[str, list[dict]]:

@@ -265,8 +265,9 @@ def _ink(sketch: Image.Image, ink_threshold: float,
     gray = np.asarray(to_rgb(sketch).convert("L"), dtype=np.float32) / 255.0
     if min(gray.shape) >= 512:  # a scan or photo: a 3 px median removes paper grain, keeps any line
         gray = cv2.medianBlur(np.ascontiguousarray(gray), 3)
-    read = _read_ink(gray if float(np.median(gray)) >= 0.5 else 1.0 - gray, ink_threshold, shadows)
-    if float(np.median(gray)) < 0.5 and shadows:
+    dark = float(np.median(gray)) < 0.5
+    read = _read_ink(1.0 - gray if dark else gray, ink_threshold, shadows)
+    if dark and shadows:
         # Mostly dark: light lines on dark paper, or a photo whose dark table fills most of the frame around a
         # white sheet. Lines are a small share of a page, so the reading with less ink is the right one.
         other = _read_ink(gray, ink_threshold, shadows)
