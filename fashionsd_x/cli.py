@@ -5,11 +5,15 @@ from the docstring's Args section, so the CLI and the Python API cannot drift ap
 (bad layout, bad input, bad settings) print one line and exit with code 2 (FSDX_DEBUG=1 shows the
 traceback instead); nothing here does real work. A float option must be finite, an int option within
 int64, and the generation settings within their ranges, all before the stage starts.
+
+What a command writes (its --out) is checked writable, with space free, and is held by this run for as long as
+it runs, before the stage starts; a write the machine refuses (full, read-only) is one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 USAGE_ERROR = 2
+STORAGE_ERROR = 1  # the machine refused a write: not the command line's fault
 INT64 = (-2**63, 2**63 - 1)  # what an int option may hold: torch, numpy and SQLite all stop here
 OVERRIDES = "overrides"  # a stage parameter of this name takes any other `--key value` as config overrides
 SETTING_TEXT = "setting_text__"  # argparse dest prefix of config settings given as text (lists, mappings)
@@ -43,6 +48,7 @@ class Command:
     show: str = ""  # "module:function" printing the result and returning the exit code
     check: str = ""  # "module:function" refusing bad arguments before the stage starts (for stages that don't)
     settings: str = ""  # "module:Class": a config dataclass whose every field is also an option (typed, with help)
+    outputs: tuple[str, ...] = ("out",)  # parameters naming a folder or file this command writes: held while it runs
 
     def function(self) -> Callable[..., Any]:
         return _resolve(self.target)
@@ -82,7 +88,7 @@ COMMANDS = (
     Command("study create", "fashionsd_x.apps.study.create:create_study",
             "build a blind pairwise user study from an evaluation's images", (), "fashionsd_x.apps.study.create:show"),
     Command("study serve", "fashionsd_x.apps.study.server:serve_study", "serve a user study to raters", ("db",),
-            "fashionsd_x.apps.study.server:show"),
+            "fashionsd_x.apps.study.server:show", outputs=()),  # SQLite keeps its own file consistent
     Command("study analyze", "fashionsd_x.apps.study.analyze:analyze_study",
             "win rates, confidence intervals, tests and agreement of a user study", ("db",),
             "fashionsd_x.apps.study.analyze:show"),
@@ -97,7 +103,7 @@ COMMANDS = (
 FLAG_NAMES = {"num": "--num", "sketch_method": "--sketch-method", "evaluation": "--from"}
 # List options given once per item (`--sweep a=1,2 --sweep b=3`): each value is itself a list, so a space-separated
 # run of values would read as one setting's.
-REPEATED = {"sweep"}
+REPEATED = {"sweep", "allow_host"}
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -395,25 +401,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not verbose:
         quiet_libraries()
+    outputs = [Path(kwargs[name]) for name in command.outputs if kwargs.get(name) is not None]
     try:
         if command.check:
             _resolve(command.check)(**kwargs)
         _check_int64(kwargs)
-        result = command.function()(**kwargs)
-        return int(_resolve(command.show)(result) or 0) if command.show else 0
+        with _held(outputs, f"fsdx {command.name}"), _notices_shown(command.name):
+            result = command.function()(**kwargs)
+            return int(_resolve(command.show)(result) or 0) if command.show else 0
     except KeyboardInterrupt:
         print("fsdx: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - only the known user-facing kinds are turned into one line
-        if not _is_user_error(error) or os.environ.get("FSDX_DEBUG"):
+        from fashionsd_x.files import storage_problem
+
+        if os.environ.get("FSDX_DEBUG"):
+            raise
+        if problem := storage_problem(error, outputs[0] if outputs else None):
+            print(f"fsdx {command.name}: error: {problem}", file=sys.stderr)
+            return STORAGE_ERROR
+        if not _is_user_error(error):
             raise
         print(f"fsdx {command.name}: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
 
 
+@contextlib.contextmanager
+def _held(outputs: list[Path], holder: str) -> typing.Iterator[None]:
+    """Check each output writable with space free, then hold it for this run (by the first process of a
+    multi-process launch only: the others write through it)."""
+    from fashionsd_x.files import check_writable, claim
+
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            for output in outputs:
+                check_writable(_nearest_folder(output))
+                stack.enter_context(claim(output, holder))
+        yield
+
+
+@contextlib.contextmanager
+def _notices_shown(name: str) -> typing.Iterator[None]:
+    """Print each of the project's notices once, as `fsdx NAME: warning: ...` (not Python's warning format)."""
+    import warnings
+
+    from fashionsd_x.notices import Notice
+
+    shown: set[str] = set()
+
+    def show(message, category, *_: Any, **__: Any) -> None:
+        if issubclass(category, Notice) and str(message) not in shown:
+            shown.add(str(message))
+            print(f"fsdx {name}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", Notice)
+        warnings.showwarning = show
+        yield
+
+
+def _nearest_folder(path: Path) -> Path:
+    """`path` if it is a folder, else the nearest folder above it that exists (nothing is created here)."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd()
+
+
 def _is_user_error(error: Exception) -> bool:
+    from fashionsd_x.files import FolderInUseError
+
     # LayoutError and ImageLoadError are ValueErrors; FileNotFoundError covers a missing input path.
-    return isinstance(error, (CommandError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError))
+    return isinstance(error, (CommandError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+                              FolderInUseError))
 
 
 def _one_line(error: BaseException) -> str:

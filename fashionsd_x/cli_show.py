@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
+
 
 def sketch(report: Any) -> int:
     print(f"wrote {len(report.written)} sketch(es) to {report.out}")
     _print_skips(report.skipped)
-    return 0
+    return 0 if report.written else _nothing_done("no sketch written: every input was skipped")
 
 
 def data_build(result: Any) -> int:
@@ -61,6 +63,9 @@ def generate(run: Any) -> int:
         return 0
     print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
     _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])
+    if not run.files:
+        return _nothing_done("no image written: " + ("every batch line was skipped" if run.skipped
+                                                     else "the batch file has no lines"))
     return 0
 
 
@@ -78,6 +83,12 @@ def demo(result: Any) -> int:
     for line in result.lines():
         print(line)
     return 0
+
+
+def _nothing_done(reason: str) -> int:
+    """A run that produced nothing is not a success: say why, exit 1."""
+    print(f"fsdx: {reason}", file=sys.stderr)
+    return 1
 
 
 def _print_skips(skipped: list, shown: int = 5) -> None:

@@ -17,7 +17,7 @@ import logging
 import math
 import numbers
 import os
-import warnings
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,15 +38,19 @@ from diffusers import (
 from PIL import Image, PngImagePlugin
 from safetensors import SafetensorError, safe_open
 
-from fashionsd_x.data.conditioning import (BlankSketchError, SketchConditioning, SketchRegion, control_image,
-                                          explain_sketch as explain_page)
+from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, SketchRegion, control_image
+from fashionsd_x.data.conditioning import explain_sketch as explain_page
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
-from fashionsd_x.files import atomic_path
+from fashionsd_x.files import atomic_path, write_text
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.models.embedded import with_embedded
+from fashionsd_x.notices import notify
 
 LOGGER = logging.getLogger(__name__)
+BATCH_FIELDS = ("prompt", "negative_prompt", "sketch", "photo", "n", "seed", "control_start", "control_end",
+                "sketch_region", "sketch_cleanup")  # what a --batch line may set
+ITEM_FILE = re.compile(r"(\d{4,})_.+\.png")  # OUT/<item>_<seed>.png and the item's sketch files
 SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler,
               "dpm++": DPMSolverMultistepScheduler}
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -420,7 +424,8 @@ class GarmentGenerator:
         """Text embeddings, computed once per (prompt, negative prompt) and reused."""
         key = (prompt, negative)
         if key not in self._embeddings:
-            _warn_if_truncated(self.base.tokenizer, prompt)
+            _warn_if_truncated(self.base.tokenizer, prompt, "prompt")
+            _warn_if_truncated(self.base.tokenizer, negative, "negative prompt")
             with torch.inference_mode():
                 positive, negative_embeds = self.text_pipe.encode_prompt(
                     prompt, self.device, 1, True, negative_prompt=negative)
@@ -469,13 +474,13 @@ def _sketch_image(conditioning: torch.Tensor | None, inverted: bool) -> Image.Im
     return Image.fromarray((pixels[0].numpy() * 255).round().astype("uint8"), mode="L")
 
 
-def _warn_if_truncated(tokenizer, prompt: str) -> None:
-    ids = tokenizer(prompt, truncation=False).input_ids
+def _warn_if_truncated(tokenizer, text: str, what: str) -> None:
+    """A notice when `text` (the prompt or the negative prompt) is longer than the text encoder reads."""
+    ids = tokenizer(text, truncation=False).input_ids
     if len(ids) > tokenizer.model_max_length:
         kept = tokenizer.decode(ids[1: tokenizer.model_max_length - 1])
-        message = (f"prompt is {len(ids)} tokens, longer than the text encoder's {tokenizer.model_max_length}: "
-                   f"truncated after '...{kept[-40:]}'")
-        warnings.warn(message, stacklevel=3)
+        notify(f"{what} is {len(ids)} tokens, longer than the text encoder's {tokenizer.model_max_length}: "
+               f"truncated after '...{kept[-40:]}'")
 
 
 def _lora_file(lora: Path) -> Path:
@@ -646,8 +651,11 @@ def generate(
         lora_scale: LoRA strength, -10 to 10.
         scheduler: sampler: unipc, ddim, euler_a or dpm++.
         resolution: output side in pixels, up to 2048 (default: the base's native size).
-        out: output folder (made when the first image is written).
-        batch: JSONL file of items to generate in one run.
+        out: output folder (made when the first image is written; images already in it stay, and this run's are
+            numbered after them).
+        batch: JSONL file of items to generate in one run: per line an object with prompt and any of
+            negative_prompt, sketch, photo, n, seed, control_start, control_end, sketch_region, sketch_cleanup
+            (null or missing: the option's value). A line with another field is skipped, with the reason.
         control_start: fraction of the denoising steps after which the sketch starts to act, 0 to 1 (0: from the
             first step).
         control_end: fraction of the denoising steps after which the sketch stops acting, above --control-start,
@@ -681,7 +689,9 @@ def generate(
     state = process_state()
     files: list[Path] = []
     failed: list[dict] = []  # this process's items that could not be generated
-    with state.split_between_processes(list(enumerate(items))) as mine:
+    first = _next_index(out)  # a folder that holds images already: this run's items are numbered after them
+    state.wait_for_everyone()  # every process has read the folder before any writes to it
+    with state.split_between_processes([(first + k, item) for k, item in enumerate(items)]) as mine:
         for index, item in mine:
             try:
                 results = generator(item["prompt"], sketch=item.get("sketch"), photo=item.get("photo"),
@@ -701,8 +711,10 @@ def generate(
                 files.extend(_write(results, out, index))
                 if explain_sketch and results[0].sketch is not None:
                     _write_explained(out, index, results[0].sketch, explained)
-            except OSError as error:  # a full disk, a folder made read-only: one line, nothing half written
-                raise GenerationError(f"cannot write to {out}: {error.strerror or error}") from None
+            except OSError:  # a full disk: the images written so far are logged, then the error goes up
+                if state.num_processes == 1:
+                    _write_logs(out, files, skipped + failed, state)
+                raise
     merged = _write_logs(out, files, (skipped if state.is_main_process else []) + failed, state)
     if state.is_main_process:  # the main process reports what every process wrote
         files, skipped = [out / row["file"] for row in merged["generations"]], merged["skipped"]
@@ -757,25 +769,34 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
             items.append({**_batch_item(json.loads(line), negative_prompt, n, seed, span, page), "line": number})
         except (ValueError, TypeError, RecursionError) as error:  # GenerationError and JSONDecodeError included
             skipped.append({"line": number, "reason": f"bad batch line: {' '.join(str(error).split())}"})
+    if not items:  # refused before a model loads: nothing to do is not a run
+        reasons = "; ".join(f"line {s['line']}: {s['reason']}" for s in skipped[:3])
+        raise GenerationError(f"batch file {batch} has no line to generate" + (f" ({reasons})" if reasons else ""))
     return items, skipped
 
 
 def _batch_item(row: Any, negative_prompt: str, n: int, seed: int, span: dict[str, float],
                 page: dict[str, Any]) -> dict:
-    """One batch line as an item; its numbers go through the same checks as the command line's."""
-    if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
+    """One batch line as an item; its numbers go through the same checks as the command line's. A field set to
+    null is one not given (the command line's value is used); a field the line cannot have is refused."""
+    if not isinstance(row, dict):
+        raise ValueError("must be a JSON object")
+    if unknown := sorted(set(row) - set(BATCH_FIELDS)):
+        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; a line has {', '.join(BATCH_FIELDS)}")
+    row = {name: value for name, value in row.items() if value is not None}
+    for name in ("prompt", "negative_prompt", "sketch", "photo"):
+        if not isinstance(row.get(name, ""), str):
+            raise ValueError(f"{name} must be a string, got {row[name]!r}")
+    if not row.get("prompt", "").strip():
         raise ValueError("needs a non-empty prompt")
-    for name in ("sketch", "photo"):
-        if not isinstance(row.get(name), (str, type(None))):
-            raise ValueError(f"{name} must be a path (a string), got {row[name]!r}")
     counts = check_settings(num_images=row.get("n", n), seed=row.get("seed", seed),
                             **{name: row.get(name, default) for name, default in span.items()})
-    region = _region(row["sketch_region"]) if row.get("sketch_region") is not None else page["sketch_region"]
+    region = _region(row["sketch_region"]) if "sketch_region" in row else page["sketch_region"]
     if region is not None and not (row.get("sketch") or row.get("photo")):
         raise ValueError("sketch_region needs a sketch (or photo) on the line")
-    cleanup = _cleanup(row["sketch_cleanup"]) if row.get("sketch_cleanup") is not None else page["sketch_cleanup"]
-    return {"prompt": str(row["prompt"]), "sketch": row.get("sketch"), "photo": row.get("photo"),
-            "negative_prompt": str(row.get("negative_prompt", negative_prompt)), "n": counts["num_images"],
+    cleanup = _cleanup(row["sketch_cleanup"]) if "sketch_cleanup" in row else page["sketch_cleanup"]
+    return {"prompt": row["prompt"], "sketch": row.get("sketch"), "photo": row.get("photo"),
+            "negative_prompt": row.get("negative_prompt", negative_prompt), "n": counts["num_images"],
             "seed": counts["seed"], **{name: counts[name] for name in span}, "sketch_region": region,
             "sketch_cleanup": cleanup}
 
@@ -791,6 +812,13 @@ def _check_out(out: Path) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise GenerationError(f"--out {out}: {existing} is not writable")
     return out
+
+
+def _next_index(out: Path) -> int:
+    """The item number after the highest one of the images in OUT (0 for a new or empty folder)."""
+    numbers = [int(match.group(1)) for path in (out.iterdir() if out.is_dir() else ())
+               if (match := ITEM_FILE.fullmatch(path.name))]
+    return max(numbers, default=-1) + 1
 
 
 def _write(results: list[Generated], out: Path, index: int) -> list[Path]:
@@ -818,8 +846,8 @@ def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dic
     """
     out.mkdir(parents=True, exist_ok=True)  # not before: a run refused early leaves no folder behind
     rows = [json.dumps({"file": file.name, **asdict(read_params(file))}, allow_nan=False) + "\n" for file in files]
-    (out / f".generations.{state.process_index}.jsonl").write_text("".join(rows), encoding="utf-8")
-    (out / f".skipped.{state.process_index}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+    write_text(out / f".generations.{state.process_index}.jsonl", "".join(rows))
+    write_text(out / f".skipped.{state.process_index}.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
     state.wait_for_everyone()
     merged: dict[str, list[dict]] = {"generations": [], "skipped": []}
     if state.is_main_process:
@@ -827,9 +855,9 @@ def _write_logs(out: Path, files: list[Path], skipped: list[dict], state) -> dic
             parts = sorted(out.glob(f".{name}.*.jsonl"))
             text = "".join(part.read_text(encoding="utf-8") for part in parts)
             merged[name] = [json.loads(line) for line in text.splitlines()]
-            if text:
-                with (out / f"{name}.jsonl").open("a", encoding="utf-8") as log:
-                    log.write(text)
+            if text:  # the earlier runs' rows and this run's, replaced whole: a full disk never cuts a row
+                log = out / f"{name}.jsonl"
+                write_text(log, (log.read_text(encoding="utf-8") if log.is_file() else "") + text)
             for part in parts:
                 part.unlink()
     return merged

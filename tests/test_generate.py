@@ -343,7 +343,7 @@ def test_batch_lines_with_bad_numbers_are_skipped_and_the_log_is_json(models, tm
                                                          .read_text().splitlines())}
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9]
     assert "seed must be" in reasons[2] and "num_images" in reasons[3] and "9223372036854775807" in reasons[4]
-    assert "num_images" in reasons[5] and "seed must be" in reasons[6] and "sketch must be a path" in reasons[7]
+    assert "num_images" in reasons[5] and "seed must be" in reasons[6] and "sketch must be a string" in reasons[7]
     assert "seed + num_images - 1" in reasons[8]
     [row] = map(strict_json, (tmp_path / "out" / "generations.jsonl").read_text().splitlines())
     assert (row["seed"], row["guidance_scale"]) == (3, 7.5)
@@ -495,3 +495,55 @@ def test_explain_sketch_writes_what_the_model_sees_and_what_was_removed(models, 
     assert read_params(batch.files[0]).sketch_cleanup is False
     assert (np.asarray(Image.open(tmp_path / "batch" / "0000_sketch.png")) < 128).mean() > 0.3  # the grid, kept
     assert [row["line"] for row in batch.skipped] == [2] and "fractions from 0 to 1" in batch.skipped[0]["reason"]
+
+
+def test_a_rerun_into_the_same_folder_adds_images_and_every_log_row_has_its_image(models, tmp_path):
+    from fashionsd_x.generate import generate
+
+    first = generate(model=str(models["base"]), prompt="a red dress", n=2, steps=1, out=tmp_path / "out")
+    kept = {file.name: file.read_bytes() for file in first.files}
+    second = generate(model=str(models["base"]), prompt="a blue top", n=2, steps=1, out=tmp_path / "out")
+    assert [file.name for file in first.files] == ["0000_0.png", "0000_1.png"]
+    assert [file.name for file in second.files] == ["0001_0.png", "0001_1.png"]
+    assert all((tmp_path / "out" / name).read_bytes() == data for name, data in kept.items())  # not replaced
+    log = [strict_json(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert [row["file"] for row in log] == ["0000_0.png", "0000_1.png", "0001_0.png", "0001_1.png"]
+    assert [row["prompt"] for row in log] == ["a red dress"] * 2 + ["a blue top"] * 2
+    assert all(read_params(tmp_path / "out" / row["file"]).prompt == row["prompt"] for row in log)
+
+
+def test_batch_fields_null_is_not_given_and_unknown_ones_are_refused(models, tmp_path):
+    from fashionsd_x.generate import generate
+
+    lines = [{"prompt": "a top", "negative_prompt": None, "n": None, "seed": 4},
+             {"prompt": "a top", "colour": "red"}, {"prompt": "a top", "negative_prompt": 5}, {"prompt": None}]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = generate(model=str(models["base"]), batch=tmp_path / "batch.jsonl", negative_prompt="blurry", n=1, steps=1,
+                   out=tmp_path / "out")
+    [file] = run.files
+    params = read_params(file)
+    assert (params.negative_prompt, params.seed) == ("blurry", 4)  # null: the command line's value, never "None"
+    reasons = {row["line"]: row["reason"] for row in run.skipped}
+    assert "unknown field(s) 'colour'" in reasons[2] and "negative_prompt must be a string" in reasons[3]
+    assert "needs a non-empty prompt" in reasons[4]
+
+
+def test_nothing_to_do_is_not_success(models, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    command = [sys.executable, "-m", "fashionsd_x", "generate", "--model", str(models["base"]), "--steps", "1"]
+    result = subprocess.run([*command, "--batch", str(empty), "--out", str(tmp_path / "out")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "has no line to generate" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_long_negative_prompt_is_warned_once_like_the_prompt(models, tmp_path):
+    long_text = " ".join(["blurry"] * 90)
+    command = [sys.executable, "-m", "fashionsd_x", "generate", "--model", str(models["base"]), "--steps", "1",
+               "--n", "2", "--prompt", long_text, "--negative-prompt", long_text, "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 2, result.stderr  # one per text, not one per image, in the project's own format
+    assert warnings[0].startswith("fsdx generate: warning: prompt is 92 tokens")
+    assert warnings[1].startswith("fsdx generate: warning: negative prompt is 92 tokens")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from fashionsd_x.evaluate.names import METRICS, style_groups
 from fashionsd_x.evaluate.sweep import label as combination_label
+from fashionsd_x.files import atomic_path, write_text
 
 GRID_ROWS = 12  # garments shown in the report's image grid
 THUMB = 128  # thumbnail side in the report
@@ -34,9 +35,9 @@ def write_outputs(out: Path, result: dict[str, Any], rows: list[dict], generated
     if trade:
         data = write_sweep_chart(trade, out / SWEEP_CHART).read_bytes()
         chart = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "metrics.md").write_text(metrics_table(result), encoding="utf-8")
-    (out / "report.html").write_text(report_html(result, rows, generated, chart), encoding="utf-8")
+    write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "metrics.md", metrics_table(result))
+    write_text(out / "report.html", report_html(result, rows, generated, chart))
 
 
 def _columns(result: dict[str, Any]) -> list[str]:
@@ -145,7 +146,8 @@ def write_sweep_chart(trade: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel(f"{_axis(trade['y'])}: follows the text →")
     axis.set_title(f"{trade['variant']}: sketch vs text adherence", fontsize=11)
     axis.legend(loc="best", fontsize=8)
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
     return path
 
 

@@ -24,6 +24,7 @@ from fashionsd_x.data.images import pad_to_square, to_rgb
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.data.sketch_styles import draw_item, prompt
 from fashionsd_x.data.synth import render_garment, sample_spec
+from fashionsd_x.files import atomic_path, write_text
 from fashionsd_x.generate import GarmentGenerator
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 
@@ -119,13 +120,15 @@ def write_demo_items(root: Path, resolution: int = 128, sketch: SketchConfig | N
         spec = replace(spec, **framing)
         photo = render_garment(spec, size=resolution, seed=DEMO_SEED + number)
         file_name = f"{category}.png"
-        extract_sketch(photo, sketch or SketchConfig()).save(root / file_name)
+        with atomic_path(root / file_name) as temporary:
+            extract_sketch(photo, sketch or SketchConfig()).save(temporary, format="PNG")
         index.append({"name": category, "sketch": file_name, "prompts": list(prompts)})
     for style, number, color, pattern in HAND_DRAWN + PAGES:
         item = draw_item(DEMO_SEED, style, number)
-        Image.fromarray(item.sketch).save(root / f"{style}.png", optimize=True)
+        with atomic_path(root / f"{style}.png") as temporary:
+            Image.fromarray(item.sketch).save(temporary, format="PNG", optimize=True)
         index.append({"name": style, "sketch": f"{style}.png", "prompts": [prompt(item.category, color, pattern)]})
-    (root / "prompts.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_text(root / "prompts.json", json.dumps(index, indent=2) + "\n")
     return root
 
 
@@ -145,6 +148,6 @@ def contact_sheet(rows: list[list[tuple[Image.Image, str]]], path: Path) -> Path
             lines = textwrap.wrap(text, width=CELL // 6)[:CAPTION_LINES]
             for number, line in enumerate(lines):
                 draw.text((column * CELL + 4, top + CELL + 3 + 14 * number), line, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_path(path) as temporary:
+        sheet.save(temporary, format="PNG")
     return path

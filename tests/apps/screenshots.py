@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from fashionsd_x.apps.studio.serve import launch_options
+from fashionsd_x.apps.studio.serve import gradio_folder, launch_options
 from fashionsd_x.generate import GarmentGenerator
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -32,16 +32,18 @@ def free_port() -> int:
 
 @contextmanager
 def serving(generator: GarmentGenerator, out: Path) -> Iterator[str]:
-    """The studio for `generator` served on a free local port, as `fsdx studio` serves it; yields its URL."""
+    """The studio for `generator` served on a free local port, as `fsdx studio` serves it (with a Gradio folder of its
+    own, removed once it is closed); yields its URL."""
     from fashionsd_x.apps.studio.ui import build_app
 
     port = free_port()
-    demo = build_app(generator, out)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(out, "127.0.0.1", port))
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with gradio_folder():
+        demo = build_app(generator, out)
+        demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(out, "127.0.0.1", port))
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            demo.close()
 
 
 def launch_chromium(playwright):

@@ -2,12 +2,16 @@
 
 Bodies are random JSON documents (huge integers, NaN, lone surrogates, nesting), and documents shaped like the
 real requests with random values in each field, so the fuzzing reaches the database code, not only pydantic.
+Random Host headers are refused in plain text and change nothing, unless they name the server.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.parse
+from contextlib import closing
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -45,14 +49,19 @@ sessions = st.fixed_dictionaries({}, optional={"code": codes}) | documents
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fuzz_study")
+    return create_study(make_evaluation(folder), folder / "study.db", per_rater=4).out
+
+
+@pytest.fixture(scope="module")
+def client(study: Path) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from fashionsd_x.apps.study.server import create_app
 
-    folder = tmp_path_factory.mktemp("fuzz_study")
-    study = create_study(make_evaluation(folder), folder / "study.db", per_rater=4).out
-    with TestClient(create_app(study)) as test_client:
+    # The server checks the Host header: the test client names 127.0.0.1, where the study is served by default.
+    with TestClient(create_app(study), base_url="http://127.0.0.1") as test_client:
         assert test_client.post("/api/session", json={"code": "ann"}).status_code == 200  # a rater to answer as
         yield test_client
 
@@ -83,7 +92,10 @@ def test_session_answers_json(client, body):
 @example(body={"code": "ann", "comparison": 2**63, "criterion": "realism", "choice": "left"})  # found before
 @example(body={"code": "ann", "comparison": -2**63 - 1, "criterion": "text", "choice": "tie"})
 def test_answers_answer_json(client, body):
-    assert_json_answer(post(client, "/api/answers", body))
+    response = post(client, "/api/answers", body)
+    assert_json_answer(response)
+    if response.status_code == 200:  # stored: the comparison was a JSON integer (true or 1.0 is not one)
+        assert type(body["comparison"]) is int, body
 
 
 @FUZZ
@@ -101,6 +113,27 @@ def test_image_ids(client, image):
         assert response.headers["content-type"] == "image/png"
     else:
         assert_json_answer(response)
+
+
+def _raters(study: Path) -> int:
+    with closing(sqlite3.connect(study)) as connection:
+        return connection.execute("SELECT COUNT(*) FROM raters").fetchone()[0]
+
+
+@FUZZ
+@given(host=st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60)
+       | st.sampled_from(["127.0.0.1", "127.0.0.1:80", "localhost", "[::1]", "LOCALHOST", "127.0.0.1:81"]))
+@example(host="127.0.0.1.evil.example")
+def test_any_host_header(client, study, host):
+    before = _raters(study)
+    response = client.post("/api/session", json={"code": "fuzz-host"}, headers={"Host": host})
+    allowed = host.lower() in ("127.0.0.1", "127.0.0.1:80", "localhost", "localhost:80", "[::1]", "[::1]:80")
+    if allowed:
+        assert_json_answer(response)
+    else:
+        assert response.status_code == 421 and response.headers["content-type"].startswith("text/plain")
+        assert response.text.startswith("refused: ") and len(response.text.strip().splitlines()) == 1
+        assert _raters(study) == before
 
 
 def test_every_route_was_fuzzed(client):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from typing import Any
 from pathlib import Path
@@ -20,11 +23,12 @@ from fashionsd_x.apps.studio import StudioError, serve_studio
 from fashionsd_x.apps.studio.actions import (PageSettings, PageView, Settings, SketchSettings, blank_canvas,
                                              canvas_sketch, control_values, describe_model, extract, generated_files,
                                              history_rows, load_upload, model_view, page_values, page_view,
-                                             pick_sketch, repapered, reuse, run_generation)
+                                             pick_sketch, read_canvas_image, repapered, reuse, run_generation,
+                                             unreadable_canvas)
 from fashionsd_x.apps.studio.paper import FIGURE_HEIGHT, PAPERS, paper
 from fashionsd_x.apps.studio.ui import CANVAS, _page_outputs
 from fashionsd_x.data.conditioning import SketchConditioning, SketchRegion, conditioning_preview, control_image
-from fashionsd_x.data.images import load_image, pad_to_square
+from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.generate import GarmentGenerator, read_params
 from tests.apps import screenshots
@@ -568,3 +572,130 @@ def test_the_sketch_span_reaches_the_pngs_and_a_bad_one_is_a_message(generator, 
         refused = run_generation(generator, tmp_path / "refused", Settings.from_page(*page[:9], start, end), sketch)
         assert reason in refused.message and "\n" not in refused.message and refused.files == []
     assert not (tmp_path / "refused").exists()
+
+
+def _api(url: str) -> Any:
+    """Gradio's own client for a served studio; files in answers stay on the server (their paths are checked)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+def _generate_inputs(tab: str, canvas: Any = None, upload: Any = None, photo: Any = None) -> list:
+    """Generate's inputs in its API order: the tab shown, the canvas, upload and photo, the photo's method, block
+    size and offset, the region and cleanup, then the controls in Settings order (one image, one step)."""
+    return [tab, canvas, upload, photo, "adaptive", 11, 2.0, "", True,
+            "a red dress", "", 1, 1, 7.5, 1.0, 1.0, 0, "unipc", 0.0, 1.0]
+
+
+def test_the_studio_keeps_gradio_files_in_a_folder_of_its_own_removed_when_it_closes(generator, tmp_path,
+                                                                                      one_thread):
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    with screenshots.serving(generator, tmp_path / "out") as url:
+        folder = Path(os.environ["GRADIO_TEMP_DIR"])
+        result = _api(url).predict(*_generate_inputs("prompt"), api_name="/generate")
+        [shown] = [Path(item["image"]["path"]) for item in result[0]]  # the gallery's copy, served by Gradio
+        [download] = [Path(item["path"]) for item in result[1]]
+        assert shown.is_file() and shown.is_relative_to(folder) and download.is_relative_to(folder)
+    assert not folder.exists()  # Gradio's copies went with it
+    assert os.environ.get("GRADIO_TEMP_DIR") == before
+    [kept] = generated_files(tmp_path / "out")  # the studio's own PNG stays where it was written
+    assert kept.name == shown.name and read_params(kept).prompt == "a red dress"
+
+
+def test_ctrl_c_removes_the_studios_gradio_folder(tiny_base, tmp_path):
+    """`fsdx studio` as a user runs it, stopped with Ctrl-C; a GRADIO_TEMP_DIR the user set holds its folder."""
+    from gradio_client import handle_file
+
+    port = screenshots.free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "OMP_NUM_THREADS": "1"}
+    studio = subprocess.Popen([sys.executable, "-m", "fashionsd_x", "studio", "--model", str(tiny_base), "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
+        while True:
+            assert studio.poll() is None and time.monotonic() < deadline, studio.communicate()
+            try:
+                urllib.request.urlopen(url + "config", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        _api(url).predict(handle_file(str(_sketch_file(tmp_path))), api_name="/_preview_upload")
+        [folder] = (tmp_path / "gradio").glob("fsdx-studio-gradio-*")
+        assert list(folder.rglob("box.png"))  # the upload is in the studio's folder
+        studio.send_signal(signal.SIGINT)
+        _, errors = studio.communicate(timeout=60)
+    finally:
+        studio.kill()
+    assert studio.returncode in (0, 130) and "Traceback" not in errors, errors
+    assert not folder.exists() and not list((tmp_path / "gradio").rglob("*.png"))
+
+
+def test_canvas_images_are_read_by_the_loader(tmp_path):
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).line((10, 10, 50, 50), fill=(0, 0, 0, 255), width=4)
+    buffer = io.BytesIO()
+    layer.save(buffer, format="PNG")
+    (tmp_path / "layer.png").write_bytes(buffer.getvalue())
+    for source in (buffer.getvalue(), tmp_path / "layer.png"):  # the page's bytes, an API caller's file
+        image = read_canvas_image(source)
+        assert image.mode == "RGBA" and np.array_equal(np.asarray(image), np.asarray(layer))  # alpha kept
+    deep = Image.fromarray(np.full((64, 64), 20_000, dtype=np.uint16))  # 16-bit grey, no alpha: as the loader reads it
+    assert np.array_equal(np.asarray(read_canvas_image(_png_bytes(deep)).convert("RGB")),
+                          np.asarray(load_image(_saved(deep, tmp_path / "deep.png"))))
+    for source, reason in ((b"not an image", "not an image file"), (buffer.getvalue()[:60], "cannot decode"),
+                           (_png_bytes(Image.new("RGBA", (8, 8))), "too small")):
+        with pytest.raises(ImageLoadError, match=reason):
+            read_canvas_image(source)
+    sketch, message = pick_sketch("draw", unreadable_canvas("not an image file"), None, None, SketchSettings(), 32)
+    assert sketch is None and message == "cannot use the canvas: not an image file"
+
+
+def _saved(image: Image.Image, path: Path) -> Path:
+    image.save(path)
+    return path
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_non_image_sent_through_the_api_is_a_message_not_a_traceback(generator, tmp_path, capfd):
+    """Gradio decoded the canvas and checked an upload's name itself, and logged a traceback for a file that is not
+    an image; every image input of every event now goes to the project's loader."""
+    from gradio_client import handle_file
+
+    (tmp_path / "notes.txt").write_text("a red dress")
+    (tmp_path / "notes.png").write_text("not an image")
+    text_file, fake_png = (handle_file(str(tmp_path / name)) for name in ("notes.txt", "notes.png"))
+    bad_canvas = {"background": fake_png, "layers": [text_file], "composite": None}
+    with screenshots.serving(generator, tmp_path / "out") as url:
+        client = _api(url)
+        messages = {tab: client.predict(*_generate_inputs(tab, bad_canvas, text_file, fake_png),
+                                        api_name="/generate")[3] for tab in ("draw", "upload", "photo")}  # #message
+        assert messages == {"draw": "⚠️ cannot use the canvas: not an image file (format not recognised)",
+                            "upload": "⚠️ cannot use notes.txt: not an image file (accepted: jpg, jpeg, png, webp, "
+                                      "bmp, tif, tiff, gif)",
+                            "photo": "⚠️ cannot use notes.png: not an image file (format not recognised)"}
+        # Every other event taking an image: the canvas, an upload or a photo that is not one.
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        called = []
+        for name, endpoint in endpoints.items():
+            kinds = [parameter["python_type"]["type"] for parameter in endpoint["parameters"]]
+            if name == "/generate" or not any("filepath" in kind for kind in kinds):
+                continue
+            inputs = [(bad_canvas if kind.startswith("dict") else text_file) if "filepath" in kind
+                      else parameter["parameter_default"] if parameter["parameter_has_default"]
+                      else parameter["example_input"] for kind, parameter in zip(kinds, endpoint["parameters"])]
+            client.predict(*inputs, api_name=name)  # an error from the server would raise here
+            called.append(name)
+        assert len(called) >= 8, called  # the upload's and photo's previews and views, the canvas's paper and views
+        canvas_view = next(name for name in called if "canvas_value" in
+                           [parameter["parameter_name"] for parameter in endpoints[name]["parameters"]])
+        *_, note = client.predict(bad_canvas, text_file, fake_png, "adaptive", 11, 2.0, "", True,
+                                  api_name=canvas_view)
+        assert note == "⚠️ cannot use the canvas: not an image file (format not recognised)"
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out, log.err

@@ -161,3 +161,21 @@ def test_a_lone_variant_or_a_lost_dataset_is_refused(tmp_path: Path, evaluation:
         create_study(lost, tmp_path / "a.db")
     result = create_study(lost, tmp_path / "a.db", criteria="realism,text")  # no sketch asked: no sketch needed
     assert result.criteria == ["realism", "text"]
+
+
+def test_a_metrics_file_of_the_wrong_shape_is_one_line(tmp_path: Path, evaluation: Path):
+    """metrics.json's data and split name where the sketches are: a number or a list there was a TypeError deep in
+    the build (Path(5), `["test"] in dataset`), not a message."""
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluation, copy)
+    for text, fragment in (("[]", "JSON list"), ("not json", "is not JSON"), ('{"data": 5}', "data must be text"),
+                           ('{"data": true}', "data must be text"), ('{"split": ["test"]}', "split must be text"),
+                           ('{"split": 1}', "split must be text"), ('{"n": ' + "9" * 5000 + "}", "is not JSON")):
+        (copy / "metrics.json").write_text(text)
+        with pytest.raises(db.StudyError, match=fragment) as refused:
+            create_study(copy, tmp_path / "a.db")
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+    for per_rater in (True, 2.0, "2"):  # true is 1 and 2.0 == 2 in Python: refused, as the server refuses them
+        with pytest.raises(db.StudyError, match="--per-rater"):
+            create_study(evaluation, tmp_path / "a.db", per_rater=per_rater)
+    assert not (tmp_path / "a.db").exists()

@@ -5,11 +5,14 @@ real generator and no browser; ui.py only wires them to Gradio components. A use
 upload, an empty prompt, a blank canvas) comes back as a one-line message for the page, never as an exception.
 
 Files: uploads arrive as paths in Gradio's own upload cache (Gradio refuses paths outside it), and everything
-the studio writes goes under the `out` folder the server owns; no user input names a path.
+the studio writes goes under the `out` folder the server owns; no user input names a path. Every image that comes
+in (an upload, a photo, each image of the canvas) is read by the project's loader (`load_image`), whose one-line
+reason for a file that is not an image becomes the page's message.
 """
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 import warnings
 from dataclasses import astuple, dataclass, fields
@@ -29,7 +32,8 @@ from fashionsd_x.models.embedded import EMBEDDED_DIR
 
 Source = Literal["draw", "upload", "photo", "prompt"]  # where the sketch comes from; prompt: text only
 SOURCES: tuple[Source, ...] = ("draw", "upload", "photo", "prompt")
-MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused before decoding
+MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads (and canvas images) are refused before decoding
+CANVAS_PROBLEM = "problem"  # key of a canvas value whose images could not be read: why, in one line
 MAX_IMAGES = 8  # per click; the page's slider stops here and run_generation refuses more from the API
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1  # the page's Number holds a JavaScript double: larger seeds would not come back exact
@@ -207,6 +211,37 @@ def repapered(value: dict | None, side: int, paper_name: str) -> dict:
     return {**blank_canvas(side, paper_name), "layers": list((value or {}).get("layers") or [])}
 
 
+def read_canvas_image(source: str | Path | bytes) -> Image.Image:
+    """One image of the canvas's value (the paper, a layer of strokes, the flattened drawing) as RGBA.
+
+    The page sends each as bytes, an API caller as a file in Gradio's upload folder. Either is read by the
+    project's loader, as an upload is (an image, whole, at least MIN_SIDE and at most MAX_UPLOAD_PIXELS: else
+    ImageLoadError, one line). The loader composites alpha on white, while `canvas_sketch` composites the strokes
+    over the paper by it: an image with alpha is read again keeping it, once the loader has passed it. Bytes go
+    through a temporary file: the loader reads files.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        with tempfile.NamedTemporaryFile(prefix="fsdx-canvas-", suffix=".png") as file:
+            file.write(source)
+            file.flush()
+            return read_canvas_image(file.name)
+    loaded = load_image(source, max_pixels=MAX_UPLOAD_PIXELS)
+    with Image.open(source) as image:
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            return image.convert("RGBA")
+    return loaded.convert("RGBA")
+
+
+def unreadable_canvas(reason: str) -> dict:
+    """The canvas's value when one of its images could not be read: nothing drawn, and why (`pick_sketch` says so)."""
+    return {"background": None, "layers": [], "composite": None, CANVAS_PROBLEM: f"cannot use the canvas: {reason}"}
+
+
+def canvas_problem(value: dict | None) -> str:
+    """Why the canvas's images could not be read ("" when they could, or there is no canvas)."""
+    return str((value or {}).get(CANVAS_PROBLEM) or "")
+
+
 def canvas_sketch(value: dict | None) -> Image.Image | None:
     """A drawing on the canvas as the page it is drawn on (mode "L"), or None when nothing is drawn.
 
@@ -272,6 +307,8 @@ def pick_sketch(source: Source, canvas: dict | None, upload: str | Path | None, 
     if source == "prompt":
         return None, ""
     if source == "draw":
+        if canvas_problem(canvas):
+            return None, canvas_problem(canvas)
         sketch = canvas_sketch(canvas)
         return sketch, "" if sketch is not None else "the canvas is blank: draw a sketch, or choose Prompt only"
     if source == "upload":

@@ -7,13 +7,17 @@ module to build `fsdx studio --help`.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 LOGGER = logging.getLogger(__name__)
+GRADIO_FOLDER = "GRADIO_TEMP_DIR"  # the environment variable naming the folder Gradio keeps its files in
 MAX_FILE_SIZE = "10mb"  # largest upload Gradio accepts; load_image also refuses over MAX_UPLOAD_PIXELS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -44,8 +48,9 @@ def serve_studio(
     a figure and notes; drag a box over the garment when a page holds two); write a prompt; set the number of
     images, steps, guidance, sketch and LoRA strength and the seed; generate. Each garment can be downloaded
     as a PNG carrying every parameter that reproduces it, and a click on a row of the session's history puts
-    its settings back. Generated files live in a temporary folder deleted when the studio stops: download the
-    ones to keep. The page has no login: it listens on this machine only unless --host says otherwise.
+    its settings back. Generated files and uploads live in temporary folders of this studio's own, deleted when
+    it stops: download the garments to keep. The page has no login: it listens on this machine only unless --host
+    says otherwise.
 
     Args:
         model: base model: hub id, diffusers folder or .safetensors file; tiny or none: the embedded model,
@@ -64,11 +69,38 @@ def serve_studio(
     if host not in LOCAL_HOSTS:
         LOGGER.warning("the studio listens on %s: anyone who can reach this machine can use it", host)
     generator = GarmentGenerator.load(model, lora=lora, controlnet=controlnet)
-    with tempfile.TemporaryDirectory(prefix="fsdx-studio-") as folder:
+    with tempfile.TemporaryDirectory(prefix="fsdx-studio-") as folder, gradio_folder():
         out = Path(folder)
         demo = build_app(generator, out)
         demo.queue().launch(**launch_options(out, host, port))  # blocks until Ctrl-C
         return StudioRun(f"http://{host}:{port}", len(generated_files(out)))
+
+
+@contextmanager
+def gradio_folder() -> Iterator[Path]:
+    """A new temporary folder for the files Gradio keeps while a studio is built and served in this block (uploads,
+    every image and PNG the page shows), removed with all it holds when the block ends: by a normal stop, Ctrl-C
+    or an error. Without it they would stay in Gradio's folder shared by every app (/tmp/gradio), after the studio.
+
+    Gradio 6.31 takes that folder from the GRADIO_TEMP_DIR environment variable alone, read when each component is
+    made and again while serving (a file sent back must be in it): the variable names this folder for the whole
+    block and is put back after. One studio at a time per process. A GRADIO_TEMP_DIR set by the user is where the
+    folder is made.
+    """
+    previous = os.environ.get(GRADIO_FOLDER)
+    parent = Path(previous) if previous else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="fsdx-studio-gradio-", dir=parent))
+    os.environ[GRADIO_FOLDER] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(GRADIO_FOLDER, None)
+        else:
+            os.environ[GRADIO_FOLDER] = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def launch_options(out: Path, host: str, port: int) -> dict[str, Any]:
@@ -96,5 +128,5 @@ def check_port(host: str, port: int) -> None:
 def show(result: StudioRun) -> int:
     """Print how the studio session ended; exit code 0."""
     print(f"studio at {result.url} stopped; {result.images} garment(s) generated "
-          "(their temporary folder is deleted: downloads are kept)")
+          "(its temporary folders are deleted: downloads are kept)")
     return 0

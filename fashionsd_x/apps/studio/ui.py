@@ -17,9 +17,10 @@ from PIL import Image
 
 from fashionsd_x.apps.studio.actions import (HISTORY_HEADERS, MAX_IMAGES, MAX_SEED, MAX_STEPS, REMOVED_WORDS,
                                              HistoryEntry, PageSettings, Settings, SketchSettings, blank_canvas,
-                                             control_values, describe_model, explained_page, extract, history_rows,
-                                             load_upload, page_values, page_view, pick_sketch, repapered, reuse,
-                                             run_generation)
+                                             canvas_problem, control_values, describe_model, explained_page, extract,
+                                             history_rows, load_upload, page_values, page_view, pick_sketch,
+                                             repapered, reuse, run_generation)
+from fashionsd_x.apps.studio.inputs import Canvas, ImageUpload
 from fashionsd_x.apps.studio.paper import PAPERS
 from fashionsd_x.data.conditioning import REMOVED_COLOURS
 from fashionsd_x.data.images import IMAGE_EXTENSIONS
@@ -196,7 +197,7 @@ def _sketch_tabs(source: gr.State, has_controlnet: bool, resolution: int) -> dic
     inputs: dict[str, Any] = {}
     with gr.Tabs(selected=source.value, elem_id="sketch-tabs") as tabs:
         with gr.Tab(TAB_LABELS["draw"], id="draw", visible=has_controlnet) as draw:
-            inputs["canvas"] = gr.Sketchpad(
+            inputs["canvas"] = Canvas(
                 blank_canvas(CANVAS), label="Sketch: draw with the mouse or a pen", type="pil", image_mode="RGBA",
                 height=520, canvas_size=(CANVAS, CANVAS), elem_id="canvas",
                 brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
@@ -229,11 +230,11 @@ def _sketch_strength(source: str, **update: Any) -> gr.Slider:
     return gr.Slider(interactive=source != "prompt", **update)
 
 
-def _upload(label: str, elem_id: str) -> gr.File:
-    # gr.File, not gr.Image: gr.Image decodes the upload itself and fails with a traceback on a broken file,
-    # while the studio must check it with load_image and answer with a message.
-    return gr.File(label=label, file_count="single", file_types=list(IMAGE_EXTENSIONS), type="filepath",
-                   height=110, elem_id=elem_id)
+def _upload(label: str, elem_id: str) -> ImageUpload:
+    # A File, not gr.Image: gr.Image decodes the upload itself and fails with a traceback on a broken file,
+    # while the studio must check it with load_image and answer with a message (see inputs.py).
+    return ImageUpload(label=label, file_count="single", file_types=list(IMAGE_EXTENSIONS), type="filepath",
+                       height=110, elem_id=elem_id)
 
 
 def _photo_controls(resolution: int) -> dict[str, Any]:
@@ -421,8 +422,8 @@ def _page_outputs(generator: GarmentGenerator, source_name: str, sketch_value: A
         return None, "", None, "Prompt only: the model gets no sketch."
     canvas, upload, photo = (sketch_value if source_name == name else None for name in ("draw", "upload", "photo"))
     sketch, problem = pick_sketch(source_name, canvas, upload, photo, sketch_settings, generator.resolution)
-    if sketch is None:  # nothing drawn or uploaded yet is no mistake; an unusable upload is (its toast says why)
-        unusable = source_name != "draw" and sketch_value
+    if sketch is None:  # nothing drawn or uploaded yet is no mistake; an unusable upload or canvas image is
+        unusable = canvas_problem(canvas) if source_name == "draw" else sketch_value
         return None, PAGE_HINT, None, f"⚠️ {problem}" if unusable else MODEL_VIEW_HINT
     view = page_view(generator, sketch, page)
     if view.seen is None:

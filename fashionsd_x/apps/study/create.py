@@ -86,7 +86,8 @@ def create_study(evaluation: Path, out: Path, criteria: str = "realism,sketch,te
     items = [_item(evaluation, garment, variants, sketches.get(garment)) for garment in garments]
     pairs = [(later, earlier) for earlier, later in itertools.combinations(variants, 2)]
     total = len(items) * len(pairs)
-    if per_rater is not None and not 1 <= per_rater <= total:
+    if per_rater is not None and (isinstance(per_rater, bool) or not isinstance(per_rater, int)
+                                  or not 1 <= per_rater <= total):
         raise StudyError(f"--per-rater must be between 1 and the study's {total} comparisons, got {per_rater}")
     study_design = Design(total, total if per_rater is None else per_rater, seed)
     meta = {"format": db.FORMAT, "seed": seed, "per_rater": study_design.per_rater,
@@ -112,7 +113,16 @@ def _read_metrics(evaluation: Path) -> dict[str, Any]:
     path = evaluation / "metrics.json"
     if not path.is_file() or not (evaluation / "images").is_dir():
         raise StudyError(f"{evaluation} is not an `fsdx evaluate` output (needs metrics.json and images/)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError, and integers of over 4300 digits
+        raise StudyError(f"{path} is not JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(metrics, dict):
+        raise StudyError(f"{path} holds a JSON {type(metrics).__name__}, not the object `fsdx evaluate` writes")
+    for key in ("data", "split"):  # where the sketches are found; both are copied into the study
+        if not isinstance(metrics.get(key), (str, type(None))):
+            raise StudyError(f"{path}: {key} must be text (a folder, a split name) or null, got {metrics[key]!r:.60}")
+    return metrics
 
 
 def find_variants(evaluation: Path) -> list[str]:
