@@ -221,6 +221,9 @@ def test_batch_generation_splits_across_two_processes(models, tmp_path):
     assert sorted(row["file"] for row in log) == ["0000_0.png", "0001_1.png", "0002_2.png", "0003_3.png"]
     assert result.stdout.count("wrote 4 image(s)") == 1
     assert not list((tmp_path / "out").glob(".*.jsonl"))
+    one = generate(model=str(models["base"]), batch=tmp_path / "batch.jsonl", n=1, steps=2, out=tmp_path / "one")
+    for file in one.files:  # two processes write the files one process writes, pixel for pixel
+        assert np.array_equal(np.asarray(Image.open(file)), np.asarray(Image.open(tmp_path / "out" / file.name)))
 
 
 def strict_json(line: str) -> dict:

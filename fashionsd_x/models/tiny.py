@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from fashionsd_x.models.components import standardize_text_encoder
-from fashionsd_x.models.tokenizer import MAX_LENGTH, clip_tokenizer
+from fashionsd_x.models.tokenizer import MAX_LENGTH, clip_tokenizer, write_vocab_and_merges
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -114,5 +114,6 @@ def tiny_pipeline(config: TinyConfig | None = None, seed: int = 0) -> StableDiff
 def build_tiny_base(out: Path, config: TinyConfig | None = None, seed: int = 0) -> Path:
     """Save a tiny base as a diffusers folder (safetensors) that StableDiffusionPipeline.from_pretrained loads."""
     tiny_pipeline(config, seed).save_pretrained(out, safe_serialization=True)
+    write_vocab_and_merges(Path(out) / "tokenizer")  # the slow tokenizer's files too
     standardize_text_encoder(Path(out))
     return Path(out)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from fashionsd_x.files import write_text
+
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # OpenAI CLIP's merge list, as published with CLIP
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of the file
 MAX_LENGTH = 77  # CLIP's text context, as in every SD 1.x/2.x tokenizer
@@ -43,18 +45,26 @@ def clip_merges() -> list[str]:
 
 def write_clip_tokenizer(folder: str | Path) -> Path:
     """Write vocab.json, merges.txt and tokenizer_config.json: a tokenizer/ folder of an SD checkpoint."""
+    folder = write_vocab_and_merges(folder)
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "bos_token": "<|startoftext|>",
+              "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "do_lower_case": True}
+    write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
+    return folder
+
+
+def write_vocab_and_merges(folder: str | Path) -> Path:
+    """vocab.json and merges.txt in `folder`: what the slow CLIPTokenizer (and every transformers 4.x) reads.
+
+    transformers 5's save_pretrained writes only tokenizer.json, which the fast tokenizer alone reads; a folder
+    with both loads with either tokenizer in any transformers version."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     merges = clip_merges()
     symbols = byte_symbols()
     vocab = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(m.split(" ")) for m in merges),
              "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "bos_token": "<|startoftext|>",
-              "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-              "do_lower_case": True}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    write_text(folder / "vocab.json", json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
+    write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     return folder
 
 

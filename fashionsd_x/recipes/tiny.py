@@ -38,6 +38,7 @@ from fashionsd_x.digests import combine, path_sha256
 from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.tiny import TinyConfig
+from fashionsd_x.models.tokenizer import write_vocab_and_merges
 from fashionsd_x.recipes.ship import FINAL_BASE, ship_model
 from fashionsd_x.train.config import BaseTrainConfig, ControlNetTrainConfig, LoraTrainConfig, TrainConfig
 from fashionsd_x.train.vae import REPORT_NAME as VAE_REPORT
@@ -165,6 +166,7 @@ def init_base(out: Path, vae: Path, model: TinyConfig, seed: int) -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
     pipeline.save_pretrained(temporary, safe_serialization=True)
     standardize_text_encoder(temporary)
+    write_vocab_and_merges(temporary / "tokenizer")  # the slow tokenizer's files too
     temporary.rename(out)
     return out
 

@@ -26,6 +26,7 @@ from fashionsd_x.evaluate.patterns import pattern_accuracy
 from fashionsd_x.generate import GarmentGenerator, read_params
 from fashionsd_x.models.base import load_base
 from fashionsd_x.models.embedded import EMBEDDED_DIR, embedded_model, size_mb
+from fashionsd_x.models.tokenizer import clip_tokenizer
 from tests.test_cli import fsdx
 
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".png", ".yaml"}
@@ -162,3 +163,14 @@ def test_quality_on_designers_sketches(style_results):
     assert pattern_accuracy([image for image, _ in printed], [asked for _, asked in printed]) >= MIN_STYLE_PRINTS
     assert color_accuracy([image for _, _, image, _ in style_results],
                           [item.color for _, item, _, _ in style_results]) >= MIN_STYLE_COLOR
+
+
+def test_the_embedded_tokenizer_loads_slow_and_fast_with_the_same_ids():
+    """transformers 4.x's slow CLIPTokenizer reads vocab.json and merges.txt, the fast one tokenizer.json."""
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+    folder = EMBEDDED_DIR / "tokenizer"
+    text = "a red floral midi dress with long sleeves, buttons down the front"
+    slow, fast = CLIPTokenizer.from_pretrained(folder), CLIPTokenizerFast.from_pretrained(folder)
+    assert slow(text).input_ids == fast(text).input_ids == clip_tokenizer()(text).input_ids
+    assert slow.model_max_length == fast.model_max_length == 77
