@@ -53,6 +53,7 @@ BATCH_FIELDS = ("prompt", "negative_prompt", "sketch", "photo", "n", "seed", "co
 ITEM_FILE = re.compile(r"(\d{4,})_.+\.png")  # OUT/<item>_<seed>.png and the item's sketch files
 SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler,
               "dpm++": DPMSolverMultistepScheduler}
+A1111_SAMPLERS = {"unipc": "UniPC", "ddim": "DDIM", "euler_a": "Euler a", "dpm++": "DPM++ 2M"}  # its names for them
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "fashionsd_x"  # adapter name of the loaded LoRA
 PNG_KEY = "fashionsd_x"  # PNG text chunk holding the JSON parameters; "parameters" holds the A1111-style line
@@ -571,15 +572,35 @@ def _check_controlnet(controlnet: ControlNetModel, base: Base, folder: Path) -> 
 
 
 def _a1111_line(params: GenerationParams) -> str:
-    parts = [params.prompt]
-    if params.negative_prompt:
-        parts.append(f"Negative prompt: {params.negative_prompt}")
-    parts.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance_scale}, "
-                 f"Seed: {params.seed}, Size: {params.resolution}x{params.resolution}, Model: {params.model}"
-                 + (f", LoRA: {params.lora} ({params.lora_scale})" if params.lora else "")
-                 + (f", ControlNet: {params.controlnet} ({params.controlnet_scale}), Guidance Start: "
-                    f"{params.control_start}, Guidance End: {params.control_end}" if params.controlnet else ""))
-    return "\n".join(parts)
+    """The infotext A1111 writes and reads: prompt, "Negative prompt: ..." and one line of "Key: value" fields.
+
+    Sampler names are A1111's own; a value holding a comma, colon or line break is JSON-quoted, as A1111 quotes
+    and unquotes; the ControlNet is one unit ("ControlNet 0") in the ControlNet extension's "Key: value" form,
+    whose values may hold neither commas nor colons.
+    """
+    fields = {"Steps": params.steps, "Sampler": A1111_SAMPLERS[params.scheduler], "CFG scale": params.guidance_scale,
+              "Seed": params.seed, "Size": f"{params.resolution}x{params.resolution}", "Model": params.model}
+    if params.lora:
+        fields.update({"LoRA": params.lora, "LoRA weight": params.lora_scale})
+    if params.controlnet:
+        fields["ControlNet 0"] = ", ".join(f"{key}: {value}" for key, value in {
+            "Module": "none", "Model": _unit_value(Path(params.controlnet).name), "Weight": params.controlnet_scale,
+            "Resize Mode": "Resize and Fill", "Processor Res": params.resolution, "Threshold A": -1,
+            "Threshold B": -1, "Guidance Start": params.control_start, "Guidance End": params.control_end,
+            "Pixel Perfect": False, "Control Mode": "Balanced"}.items())
+    lines = [params.prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
+    return "\n".join([*lines, ", ".join(f"{key}: {_a1111_quoted(value)}" for key, value in fields.items())])
+
+
+def _a1111_quoted(value: Any) -> str:
+    """A value as A1111 writes it: JSON-quoted when a comma, colon or line break would end it early."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
+
+
+def _unit_value(text: str) -> str:
+    """A ControlNet unit's value: the extension splits the unit on commas and colons, so neither may appear."""
+    return "".join("_" if mark in ",:\n" else mark for mark in text) or "none"
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image, ImageDraw
 
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
-from fashionsd_x.generate import GarmentGenerator, GenerationError, generate, read_params
+from fashionsd_x.generate import GarmentGenerator, GenerationError, _a1111_line, generate, read_params
 from fashionsd_x.models.base import load_base
 from fashionsd_x.models.tiny import TinyConfig, build_tiny_base
 from tests.conftest import garment
@@ -550,3 +551,20 @@ def test_a_long_negative_prompt_is_warned_once_like_the_prompt(models, tmp_path)
     assert len(warnings) == 2, result.stderr  # one per text, not one per image, in the project's own format
     assert warnings[0].startswith("fsdx generate: warning: prompt is 92 tokens")
     assert warnings[1].startswith("fsdx generate: warning: negative prompt is 92 tokens")
+
+
+def test_the_infotext_uses_a1111_sampler_names_quoting_and_a_controlnet_unit(generator, tmp_path):
+    """benchmarks/interop.py reads it with A1111's and the ControlNet extension's own parsers; here its form."""
+    import re
+
+    params = replace(generator("a dress, belted: long", steps=STEPS, seed=3, scheduler="euler_a")[0].params,
+                     lora=str(tmp_path / "my lora, v2"), controlnet=str(tmp_path / "cn:1, final"))
+    text = _a1111_line(params)
+    *_, fields = text.split("\n")
+    values = dict(re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', fields))
+    assert values["Sampler"] == "Euler a" and values["Size"] == f"{params.resolution}x{params.resolution}"
+    assert json.loads(values["LoRA"]) == str(tmp_path / "my lora, v2")  # quoted: the comma does not cut it
+    unit = json.loads(values["ControlNet 0"])
+    pairs = [item.strip().split(": ") for item in unit.split(",")]  # the extension's split: one ": " per item
+    assert all(len(pair) == 2 for pair in pairs) and dict(pairs)["Model"] == "cn_1_ final"
+    assert text.startswith("a dress, belted: long\n")
