@@ -39,11 +39,38 @@ image = pipe("{prompt}", image=control_image(sketch, {resolution})[None]).images
 TITLES = {"lora": "LoRA", "controlnet": "ControlNet", "base": "base model"}
 
 
+def card_licence(base: str) -> dict[str, str]:
+    """The card's licence and base model, as the Hub's card checks accept them.
+
+    Weights trained from a base follow its licence. The embedded base (tiny) is FashionSD-X's own, Apache-2.0;
+    a Hub id is named as base_model, and the licence points to its page; a local folder or file is no Hub id, so
+    there is no base_model, and the licence says it is the base's."""
+    if base in ("tiny", "embedded"):
+        return {"license": "apache-2.0"}
+    licence = {"license": "other", "license_name": "base-model-license"}
+    if _hub_id(base):
+        return {"base_model": base, **licence, "license_link": f"https://huggingface.co/{base}"}
+    return {**licence, "license_link": "README.md"}
+
+
+def _hub_id(name: str) -> bool:
+    """Whether `name` is a Hub repository id (owner/name) rather than a path on this machine."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(name).exists() or name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def write_card(out: Path, config: TrainConfig, result: TrainResult, hardware: str, data: Any, family: str,
                validation: list[tuple[str, Image.Image | None]]) -> Path:
     """Write OUT/README.md for a finished run and return its path."""
     stage = result.stage
-    front = {"base_model": config.base, "library_name": "diffusers", "license": "other",
+    front = {**card_licence(str(config.base)), "library_name": "diffusers",
              "tags": ["stable-diffusion", "text-to-image", "fashion", "fashionsd-x", stage]}
     rows = {split: data[split].num_rows for split in data}
     prompt = validation[0][0] if validation else "a garment"
@@ -51,7 +78,8 @@ def write_card(out: Path, config: TrainConfig, result: TrainResult, hardware: st
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# FashionSD-X {TITLES[stage]} for {Path(str(config.base)).name}", "",
         f"{TITLES[stage]} trained with FashionSD-X {__version__} (`fsdx train {stage}`; Singh and Patras, "
-        "arXiv 2404.18591) on a garment dataset with sketches.", "",
+        "arXiv 2404.18591) on a garment dataset with sketches. The weights follow the licence of their base, "
+        f"`{config.base}`.", "",
         "| | |", "| --- | --- |",
         f"| base | `{config.base}` ({family}) |",
         f"| data | `{config.data}` ({', '.join(f'{split} {count}' for split, count in rows.items())} rows) |",
