@@ -406,9 +406,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command.check:
             _resolve(command.check)(**kwargs)
         _check_int64(kwargs)
-        with _held(outputs, f"fsdx {command.name}"), _notices_shown(command.name):
+        with _held(outputs, f"fsdx {command.name}"), _notices_shown(command.name), \
+                _thread_storage_errors() as refused:
             result = command.function()(**kwargs)
-            return int(_resolve(command.show)(result) or 0) if command.show else 0
+            code = int(_resolve(command.show)(result) or 0) if command.show else 0
+        if refused:  # a writer thread (TensorBoard's) could not write: the run's record is not whole
+            raise refused[0]
+        return code
     except KeyboardInterrupt:
         print("fsdx: interrupted", file=sys.stderr)
         return 130
@@ -458,6 +462,30 @@ def _notices_shown(name: str) -> typing.Iterator[None]:
         warnings.simplefilter("always", Notice)
         warnings.showwarning = show
         yield
+
+
+@contextlib.contextmanager
+def _thread_storage_errors() -> typing.Iterator[list[BaseException]]:
+    """Collect the writes a background thread had refused (a full disk under TensorBoard's event writer) instead
+    of letting the thread print its traceback; other thread errors are shown as Python shows them."""
+    import threading
+
+    from fashionsd_x.files import storage_problem
+
+    refused: list[BaseException] = []
+    shown = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and storage_problem(args.exc_value):
+            refused.append(args.exc_value)
+        else:
+            shown(args)
+
+    threading.excepthook = hook
+    try:
+        yield refused
+    finally:
+        threading.excepthook = shown
 
 
 def _nearest_folder(path: Path) -> Path:

@@ -38,6 +38,7 @@ STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "th
 # An errno inside a message, for errors raised as text by libraries in other languages (safetensors' Rust IoError,
 # pyarrow's ArrowIOError): "[Errno 28]", "os error 28", "code: 28", "errno 28".
 ERRNO_IN_TEXT = re.compile(r"(?:\[Errno |os error |code: |errno[ =:]?)(\d+)", re.IGNORECASE)
+SQLITE_STORAGE = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS}
 MIN_FREE = 1 << 20  # bytes a folder's disk must have free before a command starts writing there
 LOCK_SUFFIX = ".fsdx-lock"  # beside the folder it guards: `.NAME.fsdx-lock`, so the folder itself is left as it is
 LOCKED_ENV = "FSDX_LOCKED_OUTPUTS"  # folders this process's parent holds (a launcher's workers must not claim them)
@@ -191,6 +192,9 @@ def error_number(error: BaseException) -> int | None:
             return number
         if match := ERRNO_IN_TEXT.search(str(error)):
             return int(match.group(1))
+        for words, number in SQLITE_STORAGE.items():  # sqlite3 says it in words, with no errno
+            if words in str(error):
+                return number
         error = error.__cause__ or error.__context__
     return None
 

@@ -78,7 +78,11 @@ def scripted_choice(criterion: str, left_variant: str, right_variant: str) -> st
 @pytest.fixture(scope="module")
 def answered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A study of the fake evaluation, answered by 5 scripted raters (4 of 9+ comparisons each)."""
-    folder = tmp_path_factory.mktemp("analyze")
+    return answered_study(tmp_path_factory.mktemp("analyze"))
+
+
+def answered_study(folder: Path) -> Path:
+    """folder/study.db: a study of a fake evaluation, answered by 5 scripted raters (4 comparisons each)."""
     study = create_study(make_evaluation(folder), folder / "study.db", per_rater=4).out
     with closing(db.open_study(study)) as connection:
         for code in ("r0", "r1", "r2", "r3", "r4"):

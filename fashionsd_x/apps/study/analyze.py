@@ -17,6 +17,7 @@ from typing import Any
 from fashionsd_x.apps.study import db as store  # `db` is analyze_study's parameter (the CLI's DB)
 from fashionsd_x.apps.study import metric_agreement
 from fashionsd_x.apps.study.stats import WinRate, holm, krippendorff_alpha, observed_agreement, win_rate
+from fashionsd_x.files import atomic_path, write_text
 
 AGREEMENT_METHOD = ("Krippendorff's alpha, nominal (first variant better / second better / can't tell), over the "
                     "comparisons answered by at least two raters")
@@ -138,13 +139,13 @@ def _write_json(analysis: Analysis, meta: dict[str, Any], study: Path, criteria:
                "notes": "win rate = first variant's wins / decisive answers (can't tell excluded, counted); "
                         "95% Wilson interval; p: two-sided exact binomial test against 0.5 (scipy.stats.binomtest); "
                         "p_holm: Holm-adjusted over all rows"}
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(payload, indent=2) + "\n")
     return path
 
 
 def _write_markdown(analysis: Analysis, meta: dict[str, Any], study: Path) -> Path:
     path = analysis.out / "results.md"
-    path.write_text(results_markdown(analysis, meta, study), encoding="utf-8")
+    write_text(path, results_markdown(analysis, meta, study))
     return path
 
 
@@ -206,7 +207,8 @@ def write_charts(rows: list[dict[str, Any]], criteria: list[str], out: Path) -> 
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             figure.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
-        figure.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format="png")
     return paths
 
 

@@ -197,22 +197,26 @@ def _write(out: Path, meta: dict[str, Any], asked: list[str], items: list[Item],
     """Write the study to a temporary file, then move it into place: a failed create leaves nothing behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
-    connection = db.create_file(partial)
+    leftovers = [partial, *(partial.with_name(partial.name + end) for end in ("-journal", "-wal", "-shm"))]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
     try:
-        with db.immediate(connection):
-            db.write_meta(connection, meta)
-            connection.executemany("INSERT INTO criteria (name, position, question) VALUES (?, ?, ?)",
-                                   [(name, position, CRITERIA[name]) for position, name in enumerate(asked)])
-            image_ids = _insert_images(connection, items, seed)
-            _insert_items(connection, items, image_ids, pairs)
-    except BaseException:
-        connection.close()
-        partial.unlink(missing_ok=True)
+        connection = db.create_file(partial)
+        try:
+            with db.immediate(connection):
+                db.write_meta(connection, meta)
+                connection.executemany("INSERT INTO criteria (name, position, question) VALUES (?, ?, ?)",
+                                       [(name, position, CRITERIA[name]) for position, name in enumerate(asked)])
+                image_ids = _insert_images(connection, items, seed)
+                _insert_items(connection, items, image_ids, pairs)
+        finally:
+            connection.close()
+        db.enable_wal(partial)
+        partial.replace(out)
+    except BaseException:  # a full disk included: nothing half written is left
+        for path in leftovers:
+            path.unlink(missing_ok=True)
         raise
-    connection.close()
-    db.enable_wal(partial)
-    partial.replace(out)
 
 
 def _insert_images(connection: sqlite3.Connection, items: list[Item], seed: int) -> dict[tuple[str, str], int]:

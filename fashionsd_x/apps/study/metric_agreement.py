@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from fashionsd_x.apps.study import db as store
 from fashionsd_x.apps.study.stats import bootstrap_means, kendall_tau_b, percentile_interval
 from fashionsd_x.evaluate import names
+from fashionsd_x.files import atomic_path
 
 CRITERION = "sketch"  # the question whose answers the metrics are held against
 MIN_DECISIVE_PAIRS = 30  # below this, one metric's 95% interval alone spans about 30 points of agreement
@@ -317,5 +318,6 @@ def write_chart(found: dict[str, Any], out: Path) -> Path:
     right.set_xlabel("Kendall's tau-b with the vote margin")
     figure.suptitle(f"Which metric agrees with the raters ({found['pairs']['decisive']} decisive comparisons)")
     path = out / CHART
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
     return path
