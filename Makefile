@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test browser plain-install-check clean
+.PHONY: setup demo test browser plain-install-check clean docs
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: setup
 test: setup browser
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The documentation site: docs/ into site/ (mkdocs-material, the `docs` extra), warnings as errors. The CLI reference
+# page is generated from fsdx's own parsers at every build (docs/gen_cli.py, run by docs/hooks.py).
+docs: setup
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # What `pip install fashionsd-x` gives a user (no dev extras) must run an evaluation end to end: every module
 # an evaluation imports is a declared dependency.
