@@ -22,13 +22,19 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
-from fashionsd_x.data.sketch import SKETCH_METHODS, SketchConfig, extract_sketch
+from fashionsd_x.data.sketch import EXTRACTION_BYTES_PER_PIXEL, SKETCH_METHODS, SketchConfig, extract_sketch
 from fashionsd_x.data.sources import SOURCES, LayoutError, Record, Skip, scan_source
 from fashionsd_x.data.sources.base import SPLITS
+from fashionsd_x.limits import MAX_IMAGE_SIDE, MAX_ITEMS, check_at_most, check_fits, check_workers
 from fashionsd_x.provenance import package_versions
 
 REPORT_NAME = "build_report.json"
 WRITER_BATCH = 64  # rows per Arrow write: bounds memory to this many encoded images
+# Per pixel of the canvas, besides the sketch extraction: the decoded photo resized and padded (RGB, a few copies),
+# and each row a worker holds until its batch is written, as PNG bytes that for a grainy photo are nearly as
+# large as the raw RGB + L pixels.
+PAD_BYTES_PER_PIXEL = 8
+ENCODED_BYTES_PER_PIXEL = 4
 CORE_COLUMNS = ("id", "image", "sketch", "text", "category")
 PACKAGES = ("fashionsd-x", "datasets", "pyarrow", "opencv-python-headless", "pillow", "numpy")
 
@@ -59,8 +65,24 @@ class BuildConfig:
             raise ValueError(f"num_proc must be at least 1, got {self.num_proc}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1 when given, got {self.limit}")
+        self._check_upper_bounds()
         if Path(self.out).resolve() == Path(self.root).resolve():
             raise ValueError("out must differ from root: the build never writes into the raw dataset")
+
+    def _check_upper_bounds(self) -> None:
+        """Sizes and counts within what the machine holds and what any catalogue needs, before any file is read."""
+        check_workers("--num-proc", self.num_proc)
+        workers = "" if self.num_proc == 1 else f" in each of {self.num_proc} workers"
+        check_fits("--resolution", self.resolution, MAX_IMAGE_SIDE, "the largest image side the data stages make",
+                   need=self.memory_needed, work=lambda side: f"a {side} px square{workers}")
+        if self.limit is not None:
+            check_at_most("--limit", self.limit, MAX_ITEMS, "items per split; Dress Code has 53,792 garments")
+
+    def memory_needed(self, resolution: int) -> float:
+        """Peak bytes of a build at RESOLUTION: every worker sketches one canvas and holds WRITER_BATCH encoded rows."""
+        per_pixel = (EXTRACTION_BYTES_PER_PIXEL[self.sketch.method] + PAD_BYTES_PER_PIXEL
+                     + WRITER_BATCH * ENCODED_BYTES_PER_PIXEL)
+        return self.num_proc * resolution * resolution * per_pixel
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -107,11 +129,12 @@ def build_dataset(
         source: layout of ROOT: dresscode, vitonhd or folder (images with metadata.jsonl, captions.csv or .txt).
         root: folder holding the raw dataset.
         out: output folder (replaced if it holds an earlier build).
-        resolution: side in pixels of the square images and sketches.
+        resolution: side in pixels of the square images and sketches, 32 to 4096 (and what fits in memory: every
+            worker holds 64 encoded rows, up to 4 bytes a pixel each).
         sketch_method: sketch extractor: adaptive (the paper's), canny or xdog.
-        block_size: adaptive threshold neighbourhood in pixels (odd, at least 3).
+        block_size: adaptive threshold neighbourhood in pixels (odd, 3 to 1025).
         offset: adaptive threshold constant subtracted from the local mean.
-        num_proc: worker processes.
+        num_proc: worker processes, at most 4 per CPU.
         limit: at most this many items per split.
         test_fraction: folder source without a split field: share of items put in test.
         strict: fail (after writing the dataset and its report) if any item was skipped.

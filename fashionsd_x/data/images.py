@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fashionsd_x.limits import MAX_IMAGE_SIDE, check_at_most
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MIN_SIDE = 32  # smaller than this cannot carry a garment's shape, even for the tiny model
 MAX_PIXELS = 64_000_000  # 8000 x 8000; larger is refused before decoding (decompression bombs)
@@ -103,6 +105,8 @@ def pad_to_square(image: Image.Image, resolution: int, fill: tuple[int, int, int
     """
     if resolution < 8:
         raise ValueError(f"resolution must be at least 8, got {resolution}")
+    # Every stage bounds its own side before any work (limits.py); this guards Python callers of the helper.
+    check_at_most("resolution", resolution, MAX_IMAGE_SIDE, "the largest image side the data stages make")
     width, height = image.size
     if not width or not height:
         raise ValueError(f"the image is empty ({width}x{height} px); there is nothing to pad")

@@ -29,11 +29,26 @@ from PIL import Image
 
 from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, to_rgb
+from fashionsd_x.limits import MAX_MODEL_SIDE, check_at_most, check_fits
 
 SKETCH_METHODS = ("adaptive", "canny", "xdog")
 SPECKLE_REFERENCE_SIDE = 512  # min_speckle_area is given for a 512x512 image and scaled with the side
 REPORT_NAME = "sketch_report.json"  # written into OUT by write_sketches: settings, outputs and skips
 WHITE, BLACK = 255, 0
+# Upper bounds of the settings that size a window: the work of each operation grows with its window (a 100001 px
+# adaptive block takes 5 s on one 512 px image, a 1000 px closing 16 s), and beyond these no line is drawn at that
+# scale anyway.
+MAX_BLOCK_SIZE = 1025  # px: an adaptive neighbourhood a quarter of the largest image side (limits.MAX_IMAGE_SIDE)
+MAX_SIGMA = 64.0  # px: denoise and xdog_sigma; a 64 px blur has already erased every garment line
+MAX_XDOG_K = 16.0  # the wide Gaussian at most 16x the narrow one (the paper uses 1.6)
+MAX_LINE_RADIUS = 32  # px: close_gaps and canny_dilate; a 64 px gap is a gap in the drawing, not a break to close
+# Peak working memory of extract_sketch per pixel, by method (measured 11-15, 18-20 and 53-55 B/px at 1024-2048 px:
+# the grey image, blurs and masks in uint8; labels in int32; xdog's five float64 layers).
+EXTRACTION_BYTES_PER_PIXEL = {"adaptive": 16, "canny": 24, "xdog": 64}
+# Peak working memory of a preview per pixel of its side squared (conditioning_preview measured 23-30 B/px at
+# 1024-2048 px: float32 tensors and the uint8 masks of the normalisation).
+PREVIEW_BYTES_PER_PIXEL = 32
+PREVIEW_WHY = f"a ControlNet trains at most at {MAX_MODEL_SIDE} px, as generation makes at most {MAX_MODEL_SIDE} px"
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,7 @@ class SketchConfig:
     """How a sketch is extracted; stored in dataset/run reports so every stage extracts alike."""
 
     method: str = "adaptive"  # one of SKETCH_METHODS; adaptive is the paper's
-    block_size: int = 11  # adaptive: neighbourhood size of cv2.adaptiveThreshold (odd, >= 3)
+    block_size: int = 11  # adaptive: neighbourhood size of cv2.adaptiveThreshold (odd, 3 to MAX_BLOCK_SIZE)
     offset: float = 2.0  # adaptive: constant C subtracted from the Gaussian-weighted mean (> 0)
     invert: bool = False  # white lines on black, for models that expect that polarity
     denoise: float = 1.0  # all: sigma (px) of the Gaussian blur before line detection; 0 disables it
@@ -64,6 +79,9 @@ class SketchConfig:
         _check_number("denoise", self.denoise, at_least=0.0)
         _check_int("min_speckle_area", self.min_speckle_area, minimum=0)
         _check_int("close_gaps", self.close_gaps, minimum=0)
+        check_at_most("denoise", self.denoise, MAX_SIGMA, "a blur this wide has erased every line")
+        check_at_most("close_gaps", self.close_gaps, MAX_LINE_RADIUS,
+                      f"gaps wider than {2 * MAX_LINE_RADIUS} px are part of the drawing, not breaks to close")
         # Every method's settings are checked, not only the chosen one's: a stored config must be usable
         # whichever method a later stage switches to.
         self._check_adaptive()
@@ -74,6 +92,8 @@ class SketchConfig:
         _check_int("block_size", self.block_size, minimum=3)
         if self.block_size % 2 == 0:
             raise ValueError(f"block_size must be odd (cv2.adaptiveThreshold needs a centre pixel), got {self.block_size}")
+        check_at_most("block_size", self.block_size, MAX_BLOCK_SIZE,
+                      "a neighbourhood a quarter of the largest image side; its work grows with it")
         _check_number("offset", self.offset, above=0.0)  # C <= 0 turns every flat area black
 
     def _check_canny(self) -> None:
@@ -82,10 +102,14 @@ class SketchConfig:
         if self.canny_high <= self.canny_low:
             raise ValueError(f"canny_high ({self.canny_high}) must be greater than canny_low ({self.canny_low})")
         _check_int("canny_dilate", self.canny_dilate, minimum=0)
+        check_at_most("canny_dilate", self.canny_dilate, MAX_LINE_RADIUS,
+                      f"lines {2 * MAX_LINE_RADIUS + 1} px wide are areas, not lines")
 
     def _check_xdog(self) -> None:
         _check_number("xdog_sigma", self.xdog_sigma, above=0.0)
         _check_number("xdog_k", self.xdog_k, above=1.0)
+        check_at_most("xdog_sigma", self.xdog_sigma, MAX_SIGMA, "a blur this wide has erased every line")
+        check_at_most("xdog_k", self.xdog_k, MAX_XDOG_K, "the paper's ratio is 1.6; the wide blur's work grows with it")
         _check_number("xdog_tau", self.xdog_tau, above=0.0)
         if self.xdog_tau > 1.0:
             raise ValueError(f"xdog_tau must be in (0, 1] (above 1 flat areas turn black), got {self.xdog_tau}")
@@ -288,15 +312,16 @@ def sketch_files(
         paths: image files, or folders searched recursively for jpg, png, webp, bmp, tiff and gif files.
         out: folder the sketch PNGs are written to (created if missing).
         method: sketch extractor: adaptive (the paper's adaptive thresholding), canny or xdog.
-        block_size: adaptive threshold neighbourhood in pixels (odd, at least 3).
+        block_size: adaptive threshold neighbourhood in pixels (odd, 3 to 1025).
         offset: adaptive threshold constant subtracted from the local Gaussian-weighted mean.
         invert: write white lines on black instead.
         preview: write what a ControlNet receives from these sketches instead of extracting sketches.
-        resolution: the preview's side in pixels (the ControlNet's training resolution).
+        resolution: the preview's side in pixels (the ControlNet's training resolution), at most 2048.
         controlnet: a ControlNet folder trained by `fsdx train controlnet`: its train_config.yaml gives the
             preview's normalisation and resolution (without it: the default normalisation at --resolution).
     """
     config = SketchConfig(method=method, block_size=block_size, offset=offset, invert=invert)
+    check_preview_side("--resolution", resolution)
     if preview:
         return write_sketches(paths, out, config, preview=preview_settings(resolution, controlnet))
     return write_sketches(paths, out, config)
@@ -310,7 +335,15 @@ def preview_settings(resolution: int, controlnet: Path | None) -> tuple[int, Ske
     if not path.is_file():
         raise FileNotFoundError(f"no train_config.yaml in {controlnet}; give a folder `fsdx train controlnet` wrote")
     settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return int(settings.get("resolution", resolution)), SketchConditioning.from_dict(settings.get("sketch_conditioning"))
+    side = int(settings.get("resolution", resolution))
+    check_preview_side(f"{path}: resolution", side)  # a hand-edited file must not run out of memory either
+    return side, SketchConditioning.from_dict(settings.get("sketch_conditioning"))
+
+
+def check_preview_side(option: str, side: int) -> None:
+    """Refuse a preview side above MAX_MODEL_SIDE or above what fits in memory, before any file is read."""
+    check_fits(option, side, MAX_MODEL_SIDE, PREVIEW_WHY, need=lambda value: value * value * PREVIEW_BYTES_PER_PIXEL,
+               work=lambda value: f"a {value} px preview")
 
 
 def write_sketches(paths: Sequence[Path], out: Path, config: SketchConfig | None = None,

@@ -43,6 +43,7 @@ from PIL import Image
 
 from fashionsd_x.data.images import pad_to_square
 from fashionsd_x.data.synth import CATEGORIES, PALETTE
+from fashionsd_x.limits import MAX_IMAGE_SIDE, check_at_most, check_fits
 from fashionsd_x.provenance import package_versions
 
 __all__ = ["REGION_STYLES", "STYLES", "SketchItem", "crop_to_region", "draw_item", "make_sketch_styles", "prompt"]
@@ -69,6 +70,14 @@ SHIFT = 4  # cv2 drawing takes coordinates with 4 fractional bits: sub-pixel acc
 # Pattern words exactly as synth's captions use them (_PATTERN_ADJECTIVES); prints alternate dots, checks.
 PRINT_WORDS = {"dots": "polka-dot", "checks": "checked"}
 _TOPS = ("t-shirt", "long-sleeve top", "tank top")
+# Memory, measured: every row is held (as PNG bytes, then as an Arrow table, then in save buffers) until the dataset
+# is saved, about 1.6 MB an item; drawing one sheet (up to 2048 px) peaks near 120 MB; the reference image costs a
+# padded RGB canvas, its resize and its PNG while drawn, and its flat-colour PNG (~0.02 B/px) while held.
+ITEM_BYTES = 2_000_000
+DRAW_BYTES = 256_000_000
+REFERENCE_BYTES_PER_PIXEL = 16
+HELD_REFERENCE_BYTES_PER_PIXEL = 0.1
+MAX_PER_STYLE = 1000  # item ids carry three digits (fine_line-999)
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,9 @@ def make_sketch_styles(out: Path, per_style: int = 24, seed: int = 0, resolution
 
     Args:
         out: folder to write (replaced if it holds an earlier benchmark or is empty).
-        per_style: number of sketches of each style.
+        per_style: number of sketches of each style, at most 1000 (and what fits in memory, ~2 MB a sketch).
         seed: seed; the same seed gives the same benchmark byte for byte.
-        resolution: side in pixels of the square flat-colour reference images.
+        resolution: side in pixels of the square flat-colour reference images, 32 to 4096.
     """
     _check_arguments(per_style, seed, resolution)
     out = Path(out)
@@ -185,6 +194,18 @@ def _check_arguments(per_style: int, seed: int, resolution: int) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 32:
         raise ValueError(f"resolution must be an integer >= 32 pixels, got {resolution!r}")
+    # Memory grows with the number of items held, so it bounds --per-style; one reference image of at most
+    # MAX_IMAGE_SIDE is small beside them.
+    check_at_most("--resolution", resolution, MAX_IMAGE_SIDE, "the largest image side the data stages make")
+    check_fits("--per-style", per_style, MAX_PER_STYLE, "item ids carry three digits, fine_line-000 to fine_line-999",
+               need=lambda count: _memory_needed(count, resolution),
+               work=lambda count: f"holding {count * len(STYLES)} sketches and {resolution} px references until saved")
+
+
+def _memory_needed(per_style: int, resolution: int) -> float:
+    """Bytes make_sketch_styles holds at its peak: every item until the dataset is saved, plus one drawing."""
+    held = len(STYLES) * per_style * (ITEM_BYTES + resolution * resolution * HELD_REFERENCE_BYTES_PER_PIXEL)
+    return held + DRAW_BYTES + resolution * resolution * REFERENCE_BYTES_PER_PIXEL
 
 
 def _check_replaceable(out: Path) -> None:

@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fashionsd_x.limits import MAX_IMAGE_SIDE, check_fits
+
 __all__ = ["CATEGORIES", "FRAMINGS", "PALETTE", "PATTERNS", "GarmentSpec", "caption", "render_garment",
            "sample_framing", "sample_spec", "synthesize"]
 
@@ -66,6 +68,11 @@ _FILL = 0.86  # the garment's larger side spans this fraction of the frame (at G
 _VARIED_SCALE = (0.55, 1.0)  # scale range of "varied" framing
 _MAX_GARMENT_VALUE = 250.0  # garment pixels stay below the pure white (255) background
 _ARM = 1.25  # a full sleeve, in garment units (a top's body is about one unit wide)
+# Peak memory of render_garment per output pixel: it draws at twice the side and keeps a dozen float32 layers
+# (measured 234-290 B/px at 1024-2048 px).
+RENDER_BYTES_PER_PIXEL = 320
+ROW_BYTES = 4096  # a garment's metadata row, held until metadata.jsonl is written (measured about 3 kB)
+MAX_GARMENTS = 1_000_000  # per call: at 256 px about 22 GB of PNGs and 12 hours of drawing on one CPU
 
 
 @dataclass(frozen=True)
@@ -606,9 +613,11 @@ def render_garment(spec: GarmentSpec, size: int = 256, seed: int = 0) -> Image.I
     return Image.fromarray(np.rint(small).astype(np.uint8), "RGB")
 
 
-def _check_size(size: int) -> None:
+def _check_size(size: int, option: str = "size") -> None:
     if not isinstance(size, (int, np.integer)) or size < 32:
-        raise ValueError(f"size must be an integer >= 32 pixels, got {size!r}")
+        raise ValueError(f"{option} must be an integer >= 32 pixels, got {size!r}")
+    check_fits(option, size, MAX_IMAGE_SIDE, "the largest image side the data stages make",
+               need=lambda side: side * side * RENDER_BYTES_PER_PIXEL, work=lambda side: f"drawing a {side} px garment")
 
 
 def _check_seed(seed: int) -> int:
@@ -808,9 +817,9 @@ def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: 
 
     Args:
         out: folder to write (images/ and metadata.jsonl); build it with `fsdx data build --source folder`.
-        num: number of garments.
+        num: number of garments, at most 1000000 a call.
         seed: seed; the same seed gives the same garments byte for byte.
-        size: side in pixels of the square images.
+        size: side in pixels of the square images, 32 to 4096.
         categories: only these categories (t-shirt, long-sleeve top, tank top, dress, skirt, trousers, shorts).
         colors: only these palette colours (black, white, grey, red, orange, yellow, green, blue, navy, ...).
         patterns: only these patterns (solid, stripes, dots, checks).
@@ -835,10 +844,13 @@ def _check_synthesize_arguments(num: int, seed: int, size: int, start: int, cate
                                 patterns: Sequence[str] | None) -> tuple[tuple[str, ...], ...]:
     if not isinstance(num, (int, np.integer)) or num < 1:
         raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    check_fits("--num", num, MAX_GARMENTS,
+               "a million garments at 256 px are ~22 GB and ~12 hours of drawing; make more in calls with --start",
+               need=lambda count: count * ROW_BYTES, work=lambda count: f"the metadata of {count} garments")
     if not isinstance(start, (int, np.integer)) or start < 0:
         raise ValueError(f"start must be a non-negative integer, got {start!r}")
     _check_seed(seed)
-    _check_size(size)
+    _check_size(size, "--size")
     return (_allowed(categories, CATEGORIES, "categories"), _allowed(colors, tuple(PALETTE), "colors"),
             _allowed(patterns, PATTERNS, "patterns"))
 

@@ -44,6 +44,7 @@ import yaml
 from datasets import load_from_disk
 from PIL import Image
 
+from fashionsd_x import limits
 from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, SketchRegion, control_image
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.digests import combine, model_sha256, path_sha256
@@ -63,6 +64,10 @@ PACKAGES = ("fashionsd-x", "diffusers", "transformers", "torch", "torchmetrics",
 # them only when they differ from it (or, see _key_settings, when they change the variant), so those images stay
 # reusable. Start 0 and end 1 give bit-identical images to a run without them.
 LATER_SETTINGS = {"lora_scale": 1.0, "control_start": 0.0, "control_end": 1.0}
+# Every row's images and every generated image stay in memory, as 8-bit RGB, until scored (FID and KID compare
+# whole sets); while a set is scored, a copy resized to the truth's size and the framed sketches come on top.
+HELD_BYTES_PER_PIXEL = 3
+SCORING_COPIES = 2
 
 
 class EvaluationError(ValueError):
@@ -168,14 +173,15 @@ def evaluate(
     chosen = _variants(variants, lora, controlnet)
     if plan is not None:
         swept_variants(plan, chosen)
-    rows = _load_split(Path(data), split, limit)
+    runs = _sweep_runs(plan, chosen, settings) if plan is not None else []
+    image_sets = len({*chosen, *(name for run in runs for name in run["names"].values())})
+    rows = _load_split(Path(data), split, limit, settings.resolution, image_sets)
     out = Path(out)
     weights = _weights_sha256(model, lora, controlnet)
     # 2. Every variant at the evaluation's settings, then each combination of the sweep.
     generated = {variant: generate_variant(variant, rows, model, lora, controlnet, settings, out / "images" / variant,
                                            weights)
                  for variant in chosen}
-    runs = _sweep_runs(plan, chosen, settings) if plan is not None else []
     for run in runs:
         for variant, name in run["names"].items():
             if name not in generated:
@@ -255,7 +261,9 @@ def _sweep_section(plan: Sweep, runs: list[dict[str, Any]], table: dict[str, dic
             "combinations": combinations, "trade_off": trade_off(points)}
 
 
-def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
+def _load_split(data: Path, split: str, limit: int | None, resolution: int | None = None,
+                image_sets: int = 1) -> list[dict]:
+    """The rows to evaluate, decoded, once it is clear that they and IMAGE_SETS generated sets fit in memory."""
     if not (data / "dataset_dict.json").is_file():
         raise EvaluationError(f"{data} is not a dataset built by `fsdx data build` or `fsdx data sketch-styles` "
                               f"(no dataset_dict.json)")
@@ -267,7 +275,26 @@ def _load_split(data: Path, split: str, limit: int | None) -> list[dict]:
     if missing:
         raise EvaluationError(f"dataset {data} split {split!r} lacks the column(s) {', '.join(missing)}")
     count = min(limit or part.num_rows, part.num_rows)
+    _check_memory(part[0], count, limit, split, resolution, image_sets)
     return [_in_region(part[index]) for index in range(count)]
+
+
+def _check_memory(first: dict, count: int, limit: int | None, split: str, resolution: int | None,
+                  image_sets: int) -> None:
+    """Refuse an evaluation whose rows and generated images cannot all be held until scored (issue 29), sized from
+    the first row, before the others are decoded or a model is loaded."""
+    available = limits.available_memory()
+    side = resolution or first["image"].size[0]
+    row_bytes = sum(value.width * value.height * len(value.getbands()) for value in first.values()
+                    if isinstance(value, Image.Image))
+    per_item = row_bytes + (image_sets + SCORING_COPIES) * side * side * HELD_BYTES_PER_PIXEL
+    if available is None or count * per_item <= available:
+        return
+    fitting = limits.largest(lambda items: items * per_item <= available, count)
+    given = f"--limit {limit}" if limit is not None else f"the {split!r} split's {count} items (no --limit)"
+    raise EvaluationError(f"{given}: at most {fitting} items ({count} items and {image_sets} generated set(s) of "
+                          f"{side} px images, held until scored, need {limits.format_bytes(count * per_item)}; this "
+                          f"machine has {limits.format_bytes(available)} available)")
 
 
 def _in_region(row: dict) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 from diffusers.utils import convert_state_dict_to_kohya
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from fashionsd_x.files import save_safetensors
 from fashionsd_x.models.base import Base, load_base
@@ -26,6 +26,9 @@ from fashionsd_x.models.ldm_keys import (
 )
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the diffusers-format file in a `fsdx train lora` folder
+CONTROLNET_CLASS = "ControlNetModel"  # config.json's _class_name in a ControlNet folder
+CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+CONTROLNET_FILES = "config.json with _class_name ControlNetModel and diffusion_pytorch_model.safetensors"
 
 
 def export_single_file(folder_or_base: str | Path | Base, path: str | Path) -> Path:
@@ -52,6 +55,7 @@ def export_controlnet(folder: str | Path, path: str | Path) -> Path:
     """Write a diffusers ControlNet folder as one file in the original layout (control_model.* keys), the layout
     A1111's ControlNet extension and ComfyUI load; diffusers reads it back with ControlNetModel.from_single_file."""
     path = _safetensors_path(path)
+    check_controlnet_folder(folder)
     controlnet = ControlNetModel.from_pretrained(folder, use_safetensors=True)
     tensors = controlnet_to_ldm(controlnet.state_dict(), controlnet.config.layers_per_block)
     _save(tensors, path, {"format": "pt", "exported_from": str(folder)})
@@ -61,11 +65,13 @@ def export_controlnet(folder: str | Path, path: str | Path) -> Path:
 def export_lora(lora: str | Path, path: str | Path) -> Path:
     """Write a diffusers/PEFT LoRA (a `fsdx train lora` folder or its .safetensors file) in kohya's layout
     (lora_unet_*, lora_te_* with lora_down/lora_up and .alpha): what A1111, ComfyUI and kohya's scripts load."""
-    source = Path(lora)
-    source = source / LORA_WEIGHTS if source.is_dir() else source
-    with safe_open(str(source), "pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    source = lora_file(lora)
+    try:
+        with safe_open(str(source), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"--lora {source} is no readable safetensors file ({' '.join(str(error).split())})") from None
     unet = {key.removeprefix("unet."): value for key, value in tensors.items() if key.startswith("unet.")}
     # diffusers' save_lora_weights writes the text encoder's tensors in its older layout (lora_linear_layer.down
     # and .up); they are PEFT's lora_A and lora_B, the names the kohya conversion reads.
@@ -79,6 +85,69 @@ def export_lora(lora: str | Path, path: str | Path) -> Path:
     _save(kohya_state_dict(unet, text, alpha), path, {"format": "pt", "ss_network_module": "networks.lora",
                                                       "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
     return path
+
+
+def check_controlnet_folder(folder: str | Path) -> None:
+    """Raise ValueError (FileNotFoundError) unless FOLDER is a diffusers ControlNet folder, saying what it holds
+    instead, before diffusers reads anything."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"--controlnet {folder}: no such folder; give a ControlNet folder ({CONTROLNET_FILES})")
+    if not folder.is_dir():
+        raise ValueError(f"--controlnet {folder} is a file; give the ControlNet's folder ({CONTROLNET_FILES})")
+    if _config_class(folder) != CONTROLNET_CLASS:
+        raise ValueError(f"--controlnet {folder} is no ControlNet folder ({CONTROLNET_FILES}): {_instead(folder)}")
+    if not any((folder / name).is_file() for name in CONTROLNET_WEIGHTS):
+        pickled = " (a pickle .bin is never read: save it as safetensors)" if any(folder.glob("*.bin")) else ""
+        raise ValueError(f"ControlNet folder {folder} has no {CONTROLNET_WEIGHTS[0]}{pickled}")
+
+
+def lora_file(lora: str | Path) -> Path:
+    """The diffusers LoRA file of a `fsdx train lora` folder or the file itself; ValueError (FileNotFoundError)
+    saying what was given instead."""
+    source = Path(lora)
+    if not source.exists():
+        raise FileNotFoundError(f"--lora {source}: no such file or folder")
+    if source.is_dir():
+        if not (source / LORA_WEIGHTS).is_file():
+            raise ValueError(f"--lora {source} has no {LORA_WEIGHTS}: {_instead(source)}")
+        return source / LORA_WEIGHTS
+    if source.suffix != ".safetensors":
+        raise ValueError(f"--lora {source} is no .safetensors file; give a LoRA folder or its {LORA_WEIGHTS}")
+    return source
+
+
+def _instead(folder: Path) -> str:
+    """What FOLDER seems to hold and the option that takes it, for a message: 'it holds a LoRA (...): use --lora'."""
+    holds, option = _holds(folder)
+    return f"{holds}: use {option}" if option else holds
+
+
+def _holds(folder: Path) -> tuple[str, str]:
+    """(what FOLDER seems to hold, the export option that takes it, or "")."""
+    names = sorted(path.name for path in folder.iterdir())
+    kind = _config_class(folder)
+    if not names:
+        return "it is empty", ""
+    if "model_index.json" in names:
+        return "it holds a diffusers base (model_index.json)", "--model"
+    if LORA_WEIGHTS in names:
+        return f"it holds a LoRA ({LORA_WEIGHTS})", "--lora"
+    if kind == CONTROLNET_CLASS:
+        return f"it holds a ControlNet (config.json with _class_name {kind})", "--controlnet"
+    if kind:
+        return f"it holds a {kind} (config.json), which fsdx export does not write alone", ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"it holds {shown}", ""
+
+
+def _config_class(folder: Path) -> str:
+    """_class_name of FOLDER's config.json ("" when there is none or it cannot be read)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("_class_name", "")) if isinstance(config, dict) else ""
 
 
 def kohya_state_dict(unet_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],
@@ -128,8 +197,17 @@ def export_model(out: Path, model: str | None = None, lora: Path | None = None,
         raise ValueError(f"give exactly one of --model, --lora or --controlnet (got {', '.join(chosen) or 'none'})")
     _safetensors_path(out)
     if model:
+        _check_base_folder(model)
         return export_single_file(model, out)
     return export_lora(lora, out) if lora else export_controlnet(controlnet, out)
+
+
+def _check_base_folder(model: str) -> None:
+    """A folder given to --model that holds a LoRA or a ControlNet is named as such (load_base only sees that it
+    is no diffusers base)."""
+    folder = Path(model).expanduser()
+    if folder.is_dir() and _holds(folder)[1] in ("--lora", "--controlnet"):
+        raise ValueError(f"--model {folder} is no diffusers base: {_instead(folder)}")
 
 
 def _safetensors_path(path: str | Path) -> Path:

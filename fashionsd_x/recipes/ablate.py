@@ -34,10 +34,11 @@ from fashionsd_x.digests import combine, model_sha256, path_sha256
 from fashionsd_x.evaluate.metrics import DEFAULT_CLIP
 from fashionsd_x.evaluate.names import METRICS, VARIANTS
 from fashionsd_x.files import write_text
+from fashionsd_x.limits import MAX_ITEMS, MAX_TRAIN_STEPS, check_at_most, check_processes
 from fashionsd_x.models.embedded import embedded_model, is_embedded
 from fashionsd_x.recipes.tiny import FOLDER_FIELDS, INPUTS_NAME, RESULT_NAME, RecipeConfig
-from fashionsd_x.train.config import (RUN_FIELDS, ConfigError, ControlNetTrainConfig, LoraTrainConfig, TrainConfig,
-                                      read_yaml, resolve_config)
+from fashionsd_x.train.config import (RUN_FIELDS, STEPS_WHY, ConfigError, ControlNetTrainConfig, LoraTrainConfig,
+                                      TrainConfig, read_yaml, resolve_config)
 
 RECORD_JSON, RECORD_MD, RECORD_PNG = "ablation.json", "ablation.md", "ablation.png"
 SUBSET_KEY = "subset"  # in a subset's build_report.json: what it was cut from (a changed one is cut again)
@@ -48,6 +49,7 @@ OBSERVING = set(RUN_FIELDS) - {"epochs", "max_steps"}
 # What the embedded model's runs do not need from the recipe's settings: no validation images (the evaluation
 # makes them), and a checkpoint every 50 steps so a stop loses little of a short run.
 EMBEDDED_CHANGES = {"num_validation_images": 0, "checkpoint_every": 50}
+MAX_RUNS = 64  # subsets of one ablation: each trains a LoRA and a ControlNet and is evaluated
 
 
 class AblationError(ValueError):
@@ -136,7 +138,13 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
         overrides: any other training setting by name (values as YAML scalars); lora_NAME / controlnet_NAME for
             one stage only.
     """
-    # 1. Everything that can be wrong is checked before any training: data, subsets, settings, variants.
+    # 1. Everything that can be wrong is checked before any training: first the numbers and settings (before the
+    # data is read), then data, subsets and variants.
+    _check_counts(fractions, categories, lora_steps, controlnet_steps, num_processes, limit)
+    options = _eval_options(split, limit, steps, eval_seed, guidance_scale, clip_model, inception_weights)
+    # Each stage's settings alone, checked now; every run's copy (with its folders) is made below.
+    stage_settings(_stage_defaults(model), lora_config, controlnet_config, lora_steps, controlnet_steps,
+                   overrides or {})
     out, data = Path(out), Path(data)
     source = open_source(data, split)
     base = _base_folder(model)
@@ -145,7 +153,6 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
     configs = stage_configs(base, out, subsets, _stage_defaults(model), lora_config, controlnet_config,
                             lora_steps, controlnet_steps, controlnet_init, overrides or {})
     chosen = _variants(variants, controlnet_steps == 0, controlnet_init)
-    options = _eval_options(split, limit, steps, eval_seed, guidance_scale, clip_model, inception_weights)
     if options.guidance_scale is None:  # the base's recommendation (fsdx evaluate's default), recorded with the runs
         from fashionsd_x.models.base import recommended_guidance
 
@@ -169,6 +176,20 @@ def ablate(data: Path, fractions: Sequence[float] = (0.25, 0.5, 1.0), categories
               "runs": runs}
     write_outputs(out, record)
     return AblationResult(out, record)
+
+
+def _check_counts(fractions: Sequence[float], categories: list[str] | None, lora_steps: int | None,
+                  controlnet_steps: int | None, num_processes: int, limit: int | None) -> None:
+    """Every count within its bound (issue 29), before the data is read or anything trained."""
+    runs = len(fractions) + len(categories or [])
+    check_at_most("runs (--fractions and --categories)", runs, MAX_RUNS,
+                  "each trains a LoRA and a ControlNet and is evaluated", AblationError)
+    for option, steps in (("--lora-steps", lora_steps), ("--controlnet-steps", controlnet_steps)):
+        if steps is not None:
+            check_at_most(option, steps, MAX_TRAIN_STEPS, STEPS_WHY, AblationError)
+    check_processes("--num-processes", num_processes, AblationError)
+    if limit is not None:
+        check_at_most("--limit", limit, MAX_ITEMS, "evaluated items; Dress Code has 53,792 garments", AblationError)
 
 
 def open_source(data: Path, split: str) -> Any:
@@ -308,6 +329,23 @@ def stage_configs(base: str, out: Path, subsets: list[Subset], defaults: dict[st
                   controlnet_steps: int | None, controlnet_init: str | None,
                   overrides: dict[str, Any]) -> dict[str, dict[str, TrainConfig | None]]:
     """Each run's resolved LoRA and ControlNet config (None: no ControlNet), checked before any training."""
+    settings = stage_settings(defaults, lora_config, controlnet_config, lora_steps, controlnet_steps, overrides)
+    configs: dict[str, dict[str, TrainConfig | None]] = {}
+    for subset in subsets:
+        data, run = str((out / "subsets" / subset.name).resolve()), (out / "runs" / subset.name).resolve()
+        per_run = {"lora": {"data": data, "base": base},
+                   "controlnet": {"data": data, "base": base, "lora": str(run / "lora"),
+                                  "init": None if controlnet_init is None else _base_folder(controlnet_init)}}
+        # init None too: a YAML's init never leaks into the ablation
+        configs[subset.name] = {stage: None if config is None else replace(config, **per_run[stage])
+                                for stage, config in settings.items()}
+    return configs
+
+
+def stage_settings(defaults: dict[str, dict[str, Any]], lora_config: Path | None, controlnet_config: Path | None,
+                   lora_steps: int | None, controlnet_steps: int | None,
+                   overrides: dict[str, Any]) -> dict[str, TrainConfig | None]:
+    """Each stage's config before the run's folders are set (None: no ControlNet); every run trains with it."""
     routed = route_overrides(overrides)
     files = {"lora": lora_config, "controlnet": controlnet_config}
     chosen_steps = {"lora": lora_steps, "controlnet": controlnet_steps}
@@ -315,29 +353,19 @@ def stage_configs(base: str, out: Path, subsets: list[Subset], defaults: dict[st
         raise AblationError(f"--lora-steps must be at least 1, got {lora_steps}")
     if controlnet_steps is not None and controlnet_steps < 0:
         raise AblationError(f"--controlnet-steps must be at least 0 (0: no ControlNet), got {controlnet_steps}")
-    configs: dict[str, dict[str, TrainConfig | None]] = {}
-    for subset in subsets:
-        data, run = str((out / "subsets" / subset.name).resolve()), (out / "runs" / subset.name).resolve()
-        per_run = {"lora": {"data": data, "base": base},
-                   "controlnet": {"data": data, "base": base, "lora": str(run / "lora"),
-                                  "init": None if controlnet_init is None else _base_folder(controlnet_init)}}
-        configs[subset.name] = {
-            stage: None if stage == "controlnet" and controlnet_steps == 0 else
-            _stage_config(TRAINERS[stage], files[stage], defaults[stage], routed[stage], chosen_steps[stage],
-                          per_run[stage])
+    return {stage: None if stage == "controlnet" and controlnet_steps == 0 else
+            _stage_config(TRAINERS[stage], files[stage], defaults[stage], routed[stage], chosen_steps[stage])
             for stage in TRAINERS}
-    return configs
 
 
 def _stage_config(cls: type[TrainConfig], path: Path | None, defaults: dict[str, Any], overrides: dict[str, Any],
-                  steps: int | None, per_run: dict[str, Any]) -> TrainConfig:
-    """Defaults (or the YAML file) < command-line settings < this stage's steps < the run's folders."""
+                  steps: int | None) -> TrainConfig:
+    """Defaults (or the YAML file) < command-line settings < this stage's steps; the run's folders come later."""
     if steps is not None:
         overrides = {**overrides, "max_steps": steps}
     values = read_yaml(cls, Path(path)) if path is not None else defaults
-    explicit = {name: value for name, value in values.items() if name not in overrides and name not in per_run}
-    config = resolve_config(cls, None, overrides, **explicit)
-    return replace(config, **per_run)  # init None too: a YAML's init never leaks into the ablation
+    explicit = {name: value for name, value in values.items() if name not in overrides and name not in SET_PER_RUN}
+    return resolve_config(cls, None, overrides, **explicit)
 
 
 def _eval_options(split: str, limit: int | None, steps: int, seed: int, guidance_scale: float | None,

@@ -24,6 +24,7 @@ import yaml
 from fashionsd_x.data.augment import SketchAugment
 from fashionsd_x.data.conditioning import SketchConditioning
 from fashionsd_x.data.sketch import SketchConfig
+from fashionsd_x.limits import MAX_DENOISING_STEPS, MAX_MODEL_SIDE, MAX_TRAIN_STEPS, check_at_most
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -33,6 +34,17 @@ LORA_INITS = {"default": True, "gaussian": "gaussian", "random": False}  # name 
 RUN_FIELDS = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_prompts",
               "num_validation_images", "validation_steps", "dataloader_workers", "cache_latents", "cache_dir",
               "log_every", "compile")
+
+# Upper bounds of the sizes and counts (issue 29), documented maxima rather than this machine's memory: a config is
+# read again on other machines (resume, ablation, the recipe), and training runs on a device this file cannot see.
+MAX_BATCH_SIZE = 1024  # samples per process per micro-batch; larger effective batches come from grad_accum
+MAX_MICRO_BATCH_PIXELS = 2**28  # 1024 images of 512 px or 64 of 2048 px: 3.2 GB of float32 RGB before any activation
+MAX_GRAD_ACCUM = 1024  # micro-batches per optimizer step
+MAX_DATALOADER_WORKERS = 64  # each a process with its own dataset reader; more never feeds one trainer faster
+MAX_VALIDATION_IMAGES = 64  # validation images per round, as `fsdx generate --n`
+MAX_LORA_RANK = 1280  # SD's widest attention layer; above a layer's width a LoRA is no longer low-rank
+MAX_SEED = 2**63 - 1  # a 64-bit generator seed
+STEPS_WHY = "about ten times the steps that trained Stable Diffusion 1.x from scratch"
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -49,8 +61,8 @@ class TrainConfig:
     data: str | None = None  # dataset folder from `fsdx data build` (given on the command line)
     base: str | None = None  # Stable Diffusion 1.x/2.x base: hub id, diffusers folder or .safetensors (command line)
     prediction_type: str | None = None  # replace the base scheduler's target: epsilon or v_prediction (None = base's)
-    resolution: int = 512  # square training side in pixels; a multiple of the base's resolution_multiple()
-    batch_size: int = 1  # samples per process per micro-batch
+    resolution: int = 512  # square training side in pixels (<= 2048), a multiple of the base's resolution_multiple()
+    batch_size: int = 1  # samples per process per micro-batch (<= 1024, and <= 2^28 pixels in all)
     epochs: int = 1  # passes over the train split (ignored when max_steps is set)
     max_steps: int | None = None  # optimizer steps to train for; overrides epochs
     grad_accum: int = 1  # micro-batches whose gradients are summed per optimizer step
@@ -97,6 +109,7 @@ class TrainConfig:
         if self.prediction_type is not None:
             _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         self._check_numbers()
+        self._check_upper_bounds()
         if self.validation_prompts is not None and not self.validation_prompts:
             raise ConfigError("validation_prompts is an empty list; give prompts or leave it unset (test-split texts)")
 
@@ -114,6 +127,24 @@ class TrainConfig:
             raise ConfigError(f"noise_offset must be >= 0, got {self.noise_offset}")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+
+    def _check_upper_bounds(self) -> None:
+        _at_most("resolution", self.resolution, MAX_MODEL_SIDE,
+                 "the largest side generation makes; Stable Diffusion 1.x trains at 512 px, 2.x at 768 px")
+        _at_most("batch_size", self.batch_size, MAX_BATCH_SIZE, "per process; a larger batch comes from grad_accum")
+        pixels_why = f"a micro-batch of at most {MAX_MICRO_BATCH_PIXELS:,} pixels, 3.2 GB of float32 images"
+        _at_most("batch_size", self.batch_size, max(1, MAX_MICRO_BATCH_PIXELS // self.resolution**2),
+                 f"at resolution {self.resolution}: {pixels_why}; use grad_accum")
+        _at_most("grad_accum", self.grad_accum, MAX_GRAD_ACCUM, "micro-batches summed per optimizer step")
+        for name in ("epochs", "max_steps", "lr_warmup_steps"):
+            if getattr(self, name) is not None:
+                _at_most(name, getattr(self, name), MAX_TRAIN_STEPS, STEPS_WHY)
+        _at_most("dataloader_workers", self.dataloader_workers, MAX_DATALOADER_WORKERS,
+                 "more worker processes never feed one trainer faster")
+        _at_most("num_validation_images", self.num_validation_images, MAX_VALIDATION_IMAGES, "as fsdx generate --n")
+        _at_most("validation_steps", self.validation_steps, MAX_DENOISING_STEPS,
+                 "a scheduler's whole schedule; more steps only revisit the same timesteps")
+        _at_most("seed", self.seed, MAX_SEED, "a 64-bit generator seed")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready values with the stage first (what train_config.yaml holds).
@@ -154,6 +185,8 @@ class LoraTrainConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least("rank", self.rank, 1)
+        _at_most("rank", self.rank, MAX_LORA_RANK,
+                 "the width of Stable Diffusion's widest attention layer; above a layer's width a LoRA is not low-rank")
         if self.alpha is not None and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive (or unset for alpha = rank), got {self.alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -373,6 +406,10 @@ def _check_types(config: TrainConfig) -> None:
 def _at_least(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _at_most(name: str, value: int, highest: int, why: str) -> None:
+    check_at_most(name, value, highest, why, ConfigError)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,12 +10,13 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from fashionsd_x import limits
 from fashionsd_x.data.build import SkippedItemsError, build_dataset
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.data.sources import LayoutError
 from tests.conftest import garment
 from tests.test_cli import _assert_one_line_error as assert_one_line_error
-from tests.test_cli import fsdx
+from tests.test_cli import fsdx, run_main
 
 
 def _rows(dataset_dir):
@@ -163,6 +164,30 @@ def test_invalid_settings_are_rejected(synth_root, tmp_path):
     with pytest.raises(ValueError, match="resolution"):
         build_dataset("folder", synth_root, tmp_path / "o", resolution=8)
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--resolution", "100000"],
+     "--resolution 100000: at most 4096 (a 100000 px square needs 2.8 TB; this machine has 16 GB available)"),
+    (["--resolution", "4097"], "--resolution 4097: at most 4096 (the largest image side the data stages make)"),
+    (["--resolution", "4096", "--num-proc", "4"],
+     "--resolution 4096: at most 3779 (a 4096 px square in each of 4 workers needs 19 GB; this machine has 16 GB "
+     "available)"),
+    (["--num-proc", "9"],
+     "--num-proc 9: at most 8 (4 per CPU and this machine has 2; more workers only add memory and switching)"),
+    (["--limit", "10000001"], "--limit 10000001: at most 10000000 (items per split; Dress Code has 53,792 garments)"),
+    (["--block-size", "1027"],
+     "block_size 1027: at most 1025 (a neighbourhood a quarter of the largest image side; its work grows with it)"),
+])
+def test_sizes_and_counts_over_their_bounds_are_one_line_before_anything_is_read(options, message, synth_root, tmp_path,
+                                                                                 capsys, monkeypatch):
+    # Issue 29: --resolution 100000 decoded for minutes and was killed for memory, leaving .out.building behind.
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 * 10**9)
+    monkeypatch.setattr(limits, "cpu_count", lambda: 2)
+    code, error = run_main(capsys, "data", "build", "--source", "folder", "--root", synth_root, "--out",
+                           tmp_path / "out", *options)
+    assert (code, error) == (2, f"fsdx data build: error: {message}\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["synth"]  # no out, no .out.building
 
 
 # Hostile catalogues from the probe of issue #13: each item is either in the dataset once or in the report

@@ -130,3 +130,8 @@ def test_pad_to_square_never_crops_and_centres(tmp_path):
 
 def test_pad_to_square_upscales_small_images():
     assert pad_to_square(Image.new("RGB", (40, 32), RED), 128).size == (128, 128)
+
+
+def test_pad_to_square_refuses_a_side_beyond_the_data_stages_largest():
+    with pytest.raises(ValueError, match=r"^resolution 4097: at most 4096 \(the largest image side"):
+        pad_to_square(Image.new("RGB", (40, 32), RED), 4097)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from fashionsd_x import limits
 from fashionsd_x.data.images import load_image
 from fashionsd_x.data.sketch import (
     REPORT_NAME,
@@ -22,6 +23,7 @@ from fashionsd_x.data.sketch import (
     sketch_files,
     write_sketches,
 )
+from tests.test_cli import run_main
 
 SIZE = 256
 SEAM_ROW = 150  # y of the darker seam drawn across the body
@@ -233,6 +235,17 @@ def test_bad_values_are_rejected_naming_the_field(changes: dict, field: str) -> 
         SketchConfig(**changes)
 
 
+@pytest.mark.parametrize(("field", "highest", "above"), [
+    ("block_size", 1025, 1027), ("denoise", 64.0, 64.5), ("close_gaps", 32, 33), ("canny_dilate", 32, 33),
+    ("xdog_sigma", 64.0, 64.5), ("xdog_k", 16.0, 16.5),
+])
+def test_windows_beyond_line_scale_are_refused(field: str, highest: float, above: float) -> None:
+    # Each window's work grows with it: a 100001 px block took 5 s on one 512 px image, a 1000 px closing 16 s.
+    SketchConfig(**{field: highest})
+    with pytest.raises(ValueError, match=f"^{field} {above}: at most {highest} \\("):
+        SketchConfig(**{field: above})
+
+
 def test_config_round_trips_through_json() -> None:
     config = SketchConfig(method="xdog", block_size=15, offset=3.0, invert=True, xdog_sigma=0.8)
     restored = SketchConfig.from_dict(json.loads(json.dumps(config.to_dict())))
@@ -314,6 +327,31 @@ def test_sketch_files_options_reach_the_extractor(photos: Path, tmp_path: Path) 
 def test_sketch_files_rejects_bad_options_before_writing(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="block_size"):
         sketch_files([photos], tmp_path / "out", block_size=4)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("side", "message"), [
+    ("100000",
+     "--resolution 100000: at most 2048 (a 100000 px preview needs 320 GB; this machine has 16 GB available)"),
+    ("2049", "--resolution 2049: at most 2048 (a ControlNet trains at most at 2048 px, as generation makes at most "
+             "2048 px)"),
+])
+def test_a_preview_side_over_its_bound_is_one_line_before_any_file_is_read(side: str, message: str, photos: Path,
+                                                                          tmp_path: Path, capsys, monkeypatch) -> None:
+    # Issue 29: a huge --preview side ran out of memory inside cv2 with a traceback.
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 * 10**9)
+    code, error = run_main(capsys, "sketch", photos, "--out", tmp_path / "out", "--preview", "--resolution", side)
+    assert (code, error) == (2, f"fsdx sketch: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_controlnets_recorded_side_over_its_bound_is_refused(photos: Path, tmp_path: Path, capsys) -> None:
+    controlnet = tmp_path / "controlnet"
+    controlnet.mkdir()
+    (controlnet / "train_config.yaml").write_text("resolution: 4096\n")
+    code, error = run_main(capsys, "sketch", photos, "--out", tmp_path / "out", "--preview", "--controlnet", controlnet)
+    assert code == 2 and error.startswith(f"fsdx sketch: error: {controlnet / 'train_config.yaml'}: resolution 4096: "
+                                          "at most 2048 (")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
+from fashionsd_x import limits
 from fashionsd_x.data import synth
 from fashionsd_x.data.sketch_styles import (
     MANIFEST,
@@ -21,7 +22,7 @@ from fashionsd_x.data.sketch_styles import (
     make_sketch_styles,
     prompt,
 )
-from tests.test_cli import fsdx
+from tests.test_cli import fsdx, run_main
 
 PER_STYLE = 2
 OUTLINE_STYLES = ("fine_line", "pencil_scan", "small_lowres", "wobbly_gaps", "off_centre")
@@ -320,3 +321,22 @@ def test_bad_arguments_and_foreign_output_folders_are_refused(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").is_file()
     with pytest.raises(ValueError, match="unknown sketch style"):
         draw_item(0, "charcoal", 0)
+
+
+@pytest.mark.parametrize(("gigabytes", "options", "message"), [
+    (64, ["--per-style", "1001"],
+     "--per-style 1001: at most 1000 (item ids carry three digits, fine_line-000 to fine_line-999)"),
+    (16, ["--per-style", "1000"],
+     "--per-style 1000: at most 715 (holding 11000 sketches and 128 px references until saved needs 22 GB; this "
+     "machine has 16 GB available)"),
+    (16, ["--per-style", "1000", "--resolution", "4096"],
+     "--per-style 1000: at most 382 (holding 11000 sketches and 4096 px references until saved needs 41 GB; this "
+     "machine has 16 GB available)"),
+    (16, ["--resolution", "100000"], "--resolution 100000: at most 4096 (the largest image side the data stages make)"),
+])
+def test_counts_and_sizes_over_their_bounds_are_one_line_before_anything_is_drawn(gigabytes, options, message, tmp_path,
+                                                                                  capsys, monkeypatch):
+    monkeypatch.setattr(limits, "available_memory", lambda: gigabytes * 10**9)
+    code, error = run_main(capsys, "data", "sketch-styles", "--out", tmp_path / "out", *options)
+    assert (code, error) == (2, f"fsdx data sketch-styles: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []  # no out, no .out.building

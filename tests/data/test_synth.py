@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashionsd_x import limits
 from fashionsd_x.data import synth
 from fashionsd_x.data.synth import (CATEGORIES, PALETTE, PATTERNS, GarmentSpec, caption, render_garment, sample_spec,
                                     synthesize)
+from tests.test_cli import run_main
 
 SYNONYMS = {"t-shirt": ("t-shirt", "tee"), "long-sleeve top": ("long-sleeve top", "long-sleeved top", "top with long sleeves"),
             "tank top": ("tank", "sleeveless top"), "dress": ("dress",), "skirt": ("skirt",),
@@ -383,3 +385,22 @@ def test_spec_rejects_contradictions(change, message):
 def test_render_rejects_tiny_sizes():
     with pytest.raises(ValueError, match="size"):
         render_garment(spec_for("skirt"), size=31)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--num", "10000000"],
+     "--num 10000000: at most 1000000 (the metadata of 10000000 garments needs 41 GB; this machine has 16 GB "
+     "available)"),
+    (["--num", "1000001"],
+     "--num 1000001: at most 1000000 (a million garments at 256 px are ~22 GB and ~12 hours of drawing; make more in "
+     "calls with --start)"),
+    (["--num", "1", "--size", "100000"],
+     "--size 100000: at most 4096 (drawing a 100000 px garment needs 3.2 TB; this machine has 16 GB available)"),
+    (["--num", "1", "--size", "4097"], "--size 4097: at most 4096 (the largest image side the data stages make)"),
+])
+def test_counts_and_sizes_over_their_bounds_are_one_line_before_anything_is_written(options, message, tmp_path, capsys,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 * 10**9)
+    code, error = run_main(capsys, "data", "synth", "--out", tmp_path / "out", *options)
+    assert (code, error) == (2, f"fsdx data synth: error: {message}\n")
+    assert not (tmp_path / "out").exists()

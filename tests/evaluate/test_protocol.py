@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 from PIL import Image, ImageFilter
 
+from fashionsd_x import limits
 from fashionsd_x.data.build import build_dataset
 from fashionsd_x.data.images import pad_to_square
 from fashionsd_x.data.sketch_styles import STYLES, draw_item, make_sketch_styles
@@ -21,6 +23,7 @@ from fashionsd_x.evaluate.metrics import fid_kid_from_features, line_mask, mask_
 from fashionsd_x.evaluate.names import METRICS, style_groups
 from fashionsd_x.evaluate.protocol import EvaluationError, ItemScores, evaluate
 from fashionsd_x.models.tiny import build_tiny_base
+from tests.test_cli import run_main
 from tests.test_generate import _save_controlnet, _save_lora
 
 # Tiny models: one thread is faster than two, and far faster while other work holds the second core.
@@ -61,6 +64,19 @@ def test_evaluate_command_writes_all_outputs(setup, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 * 5 and "<svg" in page
     assert len(list((out / "images" / "fashionsd-x").glob("*.png"))) == 3
+    # Two processes (accelerate launch, CPU) split the items and give the same images and figures as one.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--main_process_port", "29523", "-m", *command[1:]]
+    split = launch[:launch.index("--out") + 1] + [str(tmp_path / "two")] + launch[launch.index("--out") + 2:]
+    result = subprocess.run(split, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for variant, scores in metrics["variants"].items():
+        assert two["variants"][variant] == pytest.approx(scores, abs=1e-6), variant
+    for image in (out / "images").rglob("*.png"):
+        other = tmp_path / "two" / image.relative_to(out)
+        assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(other))), image.name
 
 
 def test_images_are_reused_only_when_everything_that_made_them_is_the_same(setup, tmp_path):
@@ -93,6 +109,25 @@ def test_a_resolution_the_base_cannot_generate_is_an_error_that_says_what_to_pas
     with pytest.raises(EvaluationError, match="pass --resolution"):
         evaluate(setup["data"], str(setup["base"]), tmp_path / "o", variants="vanilla", limit=1, steps=1,
                  resolution=36, clip_model=str(tmp_path / "none"))
+
+
+def test_items_whose_images_cannot_all_be_held_are_refused_before_any_model_loads(setup, tmp_path, capsys,
+                                                                                 monkeypatch):
+    # Every row and every generated image stay in memory until scored: per 32 px item 4 kB of row (RGB image, L
+    # sketch) + (1 generated set + 2 scoring copies) x 3 kB = 13,312 bytes; 30 kB hold two.
+    monkeypatch.setattr(limits, "available_memory", lambda: 30_000)
+    items = load_from_disk(str(setup["data"]))["test"].num_rows
+    assert items >= 3
+    common = ["evaluate", "--data", setup["data"], "--model", setup["base"], "--variants", "vanilla", "--out",
+              tmp_path / "out"]
+    held = (f"{items} items and 1 generated set(s) of 32 px images, held until scored, need "
+            f"{limits.format_bytes(items * 13_312)}; this machine has 30 kB available")
+    code, error = run_main(capsys, *common)
+    assert (code, error) == (2, f"fsdx evaluate: error: the 'test' split's {items} items (no --limit): at most 2 items "
+                                f"({held})\n")
+    code, error = run_main(capsys, *common, "--limit", items)
+    assert (code, error) == (2, f"fsdx evaluate: error: --limit {items}: at most 2 items ({held})\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_metric_columns_are_known():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from fashionsd_x.models.base import load_base
 from fashionsd_x.models.embedded import EMBEDDED_DIR
 from fashionsd_x.models.export import export_model
-from tests.test_cli import fsdx
+from tests.test_cli import fsdx, run_main
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,37 @@ def test_export_command(tiny_base, controlnet_folder, tmp_path):
     result = fsdx("export", "--controlnet", str(controlnet_folder), "--out", str(tmp_path / "x.ckpt"))
     assert result.returncode == 2 and ".safetensors" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_folder_of_another_kind_is_one_line_naming_what_it_holds(controlnet_folder, tmp_path, capsys):
+    empty, lora, config = tmp_path / "empty", EMBEDDED_DIR / "lora", controlnet_folder / "config.json"
+    empty.mkdir()
+    wanted = "config.json with _class_name ControlNetModel and diffusion_pytorch_model.safetensors"
+    lora_file = "pytorch_lora_weights.safetensors"
+    cases = [
+        (["--controlnet", lora],
+         f"--controlnet {lora} is no ControlNet folder ({wanted}): it holds a LoRA ({lora_file}): use --lora"),
+        (["--controlnet", empty], f"--controlnet {empty} is no ControlNet folder ({wanted}): it is empty"),
+        (["--controlnet", EMBEDDED_DIR], f"--controlnet {EMBEDDED_DIR} is no ControlNet folder ({wanted}): it holds "
+                                         "a diffusers base (model_index.json): use --model"),
+        (["--controlnet", config], f"--controlnet {config} is a file; give the ControlNet's folder ({wanted})"),
+        (["--lora", controlnet_folder], f"--lora {controlnet_folder} has no {lora_file}: it holds a ControlNet "
+                                        "(config.json with _class_name ControlNetModel): use --controlnet"),
+        (["--lora", empty], f"--lora {empty} has no {lora_file}: it is empty"),
+        (["--lora", config], f"--lora {config} is no .safetensors file; give a LoRA folder or its {lora_file}"),
+        (["--model", lora], f"--model {lora} is no diffusers base: it holds a LoRA ({lora_file}): use --lora"),
+        (["--model", controlnet_folder], f"--model {controlnet_folder} is no diffusers base: it holds a ControlNet "
+                                         "(config.json with _class_name ControlNetModel): use --controlnet"),
+    ]
+    for given, message in cases:
+        code, error = run_main(capsys, "export", *given, "--out", tmp_path / "out" / "x.safetensors")
+        assert (code, error) == (2, f"fsdx export: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+    (empty / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (empty / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+    code, error = run_main(capsys, "export", "--controlnet", empty, "--out", tmp_path / "x.safetensors")
+    assert (code, error) == (2, f"fsdx export: error: ControlNet folder {empty} has no diffusion_pytorch_model"
+                                ".safetensors (a pickle .bin is never read: save it as safetensors)\n")
 
 
 def test_shipped_model_has_standard_clip_keys_and_a_kohya_lora():
