@@ -43,6 +43,7 @@ from fashionsd_x.data.conditioning import explain_sketch as explain_page
 from fashionsd_x.data.images import ImageLoadError, load_image, pad_to_square
 from fashionsd_x.data.sketch import SketchConfig, extract_sketch
 from fashionsd_x.files import atomic_path, write_text
+from fashionsd_x.limits import MAX_ITEMS, check_at_most, check_fits
 from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.models.embedded import with_embedded
 from fashionsd_x.notices import notify
@@ -50,6 +51,7 @@ from fashionsd_x.notices import notify
 LOGGER = logging.getLogger(__name__)
 BATCH_FIELDS = ("prompt", "negative_prompt", "sketch", "photo", "n", "seed", "control_start", "control_end",
                 "sketch_region", "sketch_cleanup")  # what a --batch line may set
+DECODE_BYTES_PER_PIXEL = 1024  # the VAE decoder's float32 activations per output pixel, about (an estimate)
 ITEM_FILE = re.compile(r"(\d{4,})_.+\.png")  # OUT/<item>_<seed>.png and the item's sketch files
 SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler,
               "dpm++": DPMSolverMultistepScheduler}
@@ -700,6 +702,11 @@ def generate(
     page = {"sketch_region": _region(sketch_region), "sketch_cleanup": _cleanup(sketch_cleanup)}
     items, skipped = _items(prompt, sketch, photo, negative_prompt, shared["num_images"], shared["seed"], batch,
                             span, page)
+    if shared.get("resolution"):  # the VAE decodes an item's images at once: they must fit in memory
+        side = shared["resolution"]
+        check_fits("--n", max(item["n"] for item in items), MAX_IMAGES, "images of one item", error=GenerationError,
+                   need=lambda count: count * side * side * DECODE_BYTES_PER_PIXEL,
+                   work=lambda count: f"decoding {count} images of {side} px at once")
     model, lora, controlnet = with_embedded(model, lora, controlnet)
     if controlnet is None and any(item.get("sketch") or item.get("photo") for item in items):
         raise GenerationError("a sketch or photo needs a ControlNet: pass --controlnet DIR (or none for text only)")
@@ -782,8 +789,10 @@ def _items(prompt: str | None, sketch: Path | None, photo: Path | None, negative
                  "n": n, "seed": seed, **span, **page}], []
     if not Path(batch).is_file():
         raise GenerationError(f"batch file not found: {batch}")
+    lines = Path(batch).read_text(encoding="utf-8").splitlines()
+    check_at_most(f"--batch {batch}:", len(lines), MAX_ITEMS, "lines in one run; split the file", GenerationError)
     items, skipped = [], []
-    for number, line in enumerate(Path(batch).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

@@ -29,6 +29,7 @@ from PIL import Image
 
 from fashionsd_x.data.conditioning import BlankSketchError, SketchConditioning, conditioning_preview
 from fashionsd_x.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, to_rgb
+from fashionsd_x.files import atomic_path, write_text
 from fashionsd_x.limits import MAX_MODEL_SIDE, check_at_most, check_fits
 
 SKETCH_METHODS = ("adaptive", "canny", "xdog")
@@ -366,7 +367,7 @@ def write_sketches(paths: Sequence[Path], out: Path, config: SketchConfig | None
             claimed[target] = source
             report.written.append(target)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 
@@ -387,8 +388,8 @@ def _write_sketch(source: Path, target: Path, config: SketchConfig,
         made = extract_sketch(image, config) if preview is None else conditioning_preview(image, *preview)
     except (ImageLoadError, BlankSketchError) as error:
         return str(error)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    made.save(target, format="PNG")
+    with atomic_path(target) as temporary:  # whole or absent, even on a full disk
+        made.save(temporary, format="PNG")
     return ""
 
 

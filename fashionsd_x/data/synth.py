@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fashionsd_x.files import atomic_path, write_text
 from fashionsd_x.limits import MAX_IMAGE_SIDE, check_fits
 
 __all__ = ["CATEGORIES", "FRAMINGS", "PALETTE", "PATTERNS", "GarmentSpec", "caption", "render_garment",
@@ -871,15 +871,12 @@ def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple[t
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:  # whole or absent, even on a full disk
+        image.save(temporary, format="PNG")
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the whole new one
+    write_text(path, text)
 
 
 def _remove_stale(images: Path, keep: set[str]) -> None:
