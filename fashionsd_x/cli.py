@@ -406,10 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command.check:
             _resolve(command.check)(**kwargs)
         _check_int64(kwargs)
-        with _held(outputs, f"fsdx {command.name}"), _notices_shown(command.name), \
+        # Only the first machine of a multi-machine launch holds the output and reports; the others write through it.
+        first_machine = not kwargs.get("machine_rank")
+        with _held(outputs if first_machine else [], f"fsdx {command.name}"), _notices_shown(command.name), \
                 _thread_storage_errors() as refused:
             result = command.function()(**kwargs)
-            code = int(_resolve(command.show)(result) or 0) if command.show else 0
+            code = int(_resolve(command.show)(result) or 0) if command.show and first_machine else 0
         if refused:  # a writer thread (TensorBoard's) could not write: the run's record is not whole
             raise refused[0]
         return code

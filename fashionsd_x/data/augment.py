@@ -16,7 +16,7 @@ Then, with probability `page_probability`, restyled or not, the sketch is put on
 The conditioning tries to remove these, but what it misses the ControlNet must learn to ignore.
 Optionally the garment and its sketch are scaled and moved together (`scale_range`, `shift`), which needs the
 photo encoded each step (no latent cache). Every draw comes from the generator passed in, which training seeds
-from (seed, micro-batch, process, sample): the augmentation is a pure function of the run's seed and step.
+from (seed, micro-batch, sample): the augmentation is a pure function of the run's seed and step.
 The result then goes through `control_image`, like any user's sketch.
 """
 

@@ -17,7 +17,7 @@ after a structural check: every safetensors header and JSON file must parse, whi
 
 Nothing is pickled: accelerate's save_state would write the optimizer and RNG states with torch.save, and
 loading those back is unpickling. RNG states are not needed: every random draw of a step is a pure function of
-(seed, step, process), so the step alone restores them.
+(seed, step), so the step alone restores them.
 """
 
 from __future__ import annotations
@@ -181,18 +181,23 @@ def load_optimizer(folder: Path, device: torch.device | str) -> dict[str, Any]:
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, models: list[torch.nn.Module], optimizer: Any,
                     lr_scheduler: Any) -> dict[str, Any]:
     """Restore trainable weights, optimizer and LR schedule from a checkpoint; returns its state.json."""
-    checkpoint = Path(checkpoint)
+    checkpoint, device = Path(checkpoint), _loadable(accelerator.device)
     for number, model in enumerate(models):
         model = accelerator.unwrap_model(model)
-        state = load_file(checkpoint / f"trainable_{number}.safetensors", device=str(accelerator.device))
+        state = load_file(checkpoint / f"trainable_{number}.safetensors", device=device)
         missing = set(trainable_state(model)) - set(state)
         if missing:
             raise CheckpointError(f"checkpoint {checkpoint} lacks {len(missing)} trainable tensors (e.g. {min(missing)})")
         model.load_state_dict(state, strict=False)
-    optimizer.load_state_dict(load_optimizer(checkpoint, accelerator.device))
+    optimizer.load_state_dict(load_optimizer(checkpoint, device))
     match_layouts(optimizer)
     lr_scheduler.load_state_dict(json.loads((checkpoint / SCHEDULE_NAME).read_text(encoding="utf-8")))
     return read_state(checkpoint)
+
+
+def _loadable(device: torch.device) -> str:
+    # Several CPU processes each get device cpu:<process index>, a name safetensors refuses; all are the one CPU.
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 def match_layouts(optimizer: Any) -> None:
@@ -233,12 +238,16 @@ def write_checkpoint(root: Path, step: int, fill: Callable[[Path], None], keep: 
     root = Path(root)
     final, temporary = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)  # left by a run killed mid-save
-    temporary.mkdir(parents=True)
-    fill(temporary)
-    for path in sorted(temporary.rglob("*")):
-        if path.is_file():
-            sync_file(path)
-    write_manifest(temporary)
+    try:
+        temporary.mkdir(parents=True)
+        fill(temporary)
+        for path in sorted(temporary.rglob("*")):
+            if path.is_file():
+                sync_file(path)
+        write_manifest(temporary)
+    except BaseException:  # a full disk included: the half-written checkpoint goes, the last good one stays
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if final.exists():
         _remove(final)
     os.rename(temporary, final)

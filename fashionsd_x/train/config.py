@@ -81,7 +81,7 @@ class TrainConfig:
     noise_offset: float = 0.0  # add this times per-channel noise (helps very dark/bright images); 0 disables
     random_flip: bool = False  # flip image and sketch horizontally together, with probability 0.5
     caption_dropout: float = 0.0  # probability of training a sample with the empty caption
-    seed: int = 0  # every random draw is a function of (seed, micro-batch, process), so runs repeat exactly
+    seed: int = 0  # every random draw is a function of (seed, micro-batch), so runs repeat exactly
     cache_latents: bool = False  # encode images and captions once, to disk, instead of every epoch
     cache_dir: str | None = None  # folder for latent caches (keyed by dataset, base, resolution); None = OUT/cache
     dataloader_workers: int = 0  # DataLoader worker processes decoding images

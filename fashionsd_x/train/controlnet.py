@@ -25,7 +25,7 @@ from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.train.config import ConfigError, ControlNetTrainConfig, local_source, resolve_config
 from fashionsd_x.train.consistency import consistency_loss
-from fashionsd_x.train.core import train
+from fashionsd_x.train.core import Machines, process_rows, train
 from fashionsd_x.train.data import dataset_sketch, derive_seed, image_tensor, region_tensor
 from fashionsd_x.train.lora import fuse_into_base
 from fashionsd_x.train.method import Method, add_metadata
@@ -40,8 +40,9 @@ OUTPUT_LAYERS = ("controlnet_down_blocks", "controlnet_mid_block")
 
 def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/controlnet"),
                      lora: Path | None = None, init: str | None = None, config: Path | None = None,
-                     resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
-                     **settings: Any) -> TrainResult:
+                     resume: str | None = None, num_processes: int = 1, num_machines: int = 1,
+                     machine_rank: int = 0, main_process_ip: str | None = None, main_process_port: int = 29500,
+                     overrides: dict[str, str] | None = None, **settings: Any) -> TrainResult:
     """Train a ControlNet that steers a Stable Diffusion base with garment sketches (sketch + caption -> image).
 
     OUT is loadable with ControlNetModel.from_pretrained(OUT) (config.json + diffusion_pytorch_model.safetensors)
@@ -59,7 +60,13 @@ def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/c
         init: ControlNet (hub id or folder) to start from instead of a copy of the base UNet's encoder.
         config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate; over
+            several machines, all of theirs together (docs/multi-node.md).
+        num_machines: machines (nodes) the run spans, each running this same command with its own --machine-rank.
+        machine_rank: this machine's number, 0 to num_machines - 1; machine 0's first process writes OUT, a folder
+            every machine shares.
+        main_process_ip: address of machine 0 as the other machines reach it (needed when num_machines > 1).
+        main_process_port: port on machine 0 where the machines meet.
         overrides: any other setting by name, values as YAML scalars.
         settings: any field of ControlNetTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
             option of the command, with its meaning and default in --help.
@@ -70,7 +77,8 @@ def train_controlnet(data: Path, base: str = "tiny", out: Path = Path("outputs/c
         **settings)
     if run_config.sketch is None:  # recorded so generation extracts a photo's sketch as the dataset did
         run_config.sketch = dataset_sketch(Path(data))
-    return train(ControlNetMethod, run_config, Path(out), resume, num_processes)
+    return train(ControlNetMethod, run_config, Path(out), resume, num_processes,
+                 Machines(num_machines, machine_rank, main_process_ip, main_process_port))
 
 
 class ControlNetMethod(Method):
@@ -111,14 +119,16 @@ class ControlNetMethod(Method):
                 "region": self.config.consistency_weight > 0}
 
     def prepare_batch(self, batch: dict[str, Any], seed: int) -> None:
-        """Sketch-style augmentation, then conditioning, per sample (sample k draws from (SEED, k)); the garment's
-        region (for the consistency loss) is taken from the photo after it moved with its sketch."""
+        """Sketch-style augmentation, then conditioning, per sample (row k of the global micro-batch draws from
+        (SEED, k), whichever process holds it); the garment's region (for the consistency loss) is taken from the
+        photo after it moved with its sketch."""
         augment, config = self.augment, self.config
         if augment is None:
             return
         device = batch["index"].device
+        first = process_rows(self.accelerator, batch["index"].shape[0]).start if self.accelerator else 0
         controls, pixels, regions = [], [], []
-        for k, (sketch, image) in enumerate(zip(batch.pop("sketch_raw"), batch.pop("image_raw"))):
+        for k, (sketch, image) in enumerate(zip(batch.pop("sketch_raw"), batch.pop("image_raw")), start=first):
             sketch, image = augment_sample(sketch, image, augment, np.random.default_rng(derive_seed(seed, k)))
             controls.append(control_image(sketch, config.resolution, config.invert_sketch, self.conditioning))
             if augment.moves_garment():

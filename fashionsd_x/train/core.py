@@ -2,18 +2,29 @@
 run's set-up is in session.py, validation images in validation.py, the trainers' Method in method.py).
 
 A trainer is a `Method` (what is trainable, how the model predicts, how it is saved); everything else is
-here. Every random draw of a micro-batch (flip, caption dropout, VAE posterior sample, noise, timesteps) comes
-from a generator seeded by (seed, micro-batch index, process index), and each epoch's order from (seed,
-epoch), so a run is a pure function of its config and data: a run resumed from a checkpoint (which skips the
-batches already consumed) ends with the same weights as one that was never interrupted.
+here. Every random draw of a micro-batch (flip, caption dropout, VAE posterior sample, noise, timesteps) is made
+for the whole global micro-batch (every process's samples, in process order) from a generator seeded by (seed,
+micro-batch index), and each process keeps its own rows; each epoch's order comes from (seed, epoch). So a run is
+a pure function of its config and data, whatever the number of processes or machines sharing its global batch:
+N processes of batch B train the weights one process of batch N*B does (exactly when the train split is a
+multiple of N*B: otherwise accelerate fills each process's last batch of an epoch from the epoch's start, where
+one process takes a short batch), and a run resumed from a checkpoint (which skips the batches already consumed)
+ends with the same weights as one that was never interrupted.
+
+Several machines: `train` re-launches itself through `accelerate launch` with the multi-node settings
+(`Machines`), or runs under a launcher started on each machine (accelerate launch, torchrun, srun). A process
+that loses contact with the others (a node killed, the network gone) stops with a one-line PeerLostError, after
+at most FSDX_PEER_TIMEOUT seconds (session.py) when the peer vanished without closing its connections.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,7 +48,16 @@ from fashionsd_x.train.config import ConfigError, TrainConfig
 from fashionsd_x.train.data import REQUIRED_COLUMNS, derive_seed, open_dataset
 from fashionsd_x.train.method import Method
 from fashionsd_x.train.result import RESULT_NAME, TrainResult
-from fashionsd_x.train.session import Session, checkpoint_to_resume, hardware, open_session, run_hparams
+from fashionsd_x.train.session import (
+    PEER_TIMEOUT_VARIABLE,
+    Session,
+    checkpoint_to_resume,
+    hardware,
+    launched_processes,
+    open_session,
+    planned_steps,
+    run_hparams,
+)
 from fashionsd_x.train.validation import validate
 
 CONFIG_NAME = "train_config.yaml"
@@ -54,24 +74,68 @@ class LaunchError(ValueError):
     """The re-launched training processes failed; their own messages were printed above."""
 
 
+class PeerLostError(ValueError):
+    """This process lost contact with another process of the run (its node stopped, or the network failed)."""
+
+
+@dataclass(frozen=True)
+class Machines:
+    """The machines (nodes) one run spans, and which of them this one is; accelerate launch's multi-node flags."""
+
+    count: int = 1  # machines taking part, each running the same command
+    rank: int = 0  # this machine's number; machine 0 hosts the rendezvous and writes every file
+    address: str | None = None  # IP or host name of machine 0, as every machine reaches it
+    port: int = 29500  # rendezvous port on machine 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"num_machines must be at least 1, got {self.count}")
+        if not 0 <= self.rank < self.count:
+            raise ConfigError(f"machine_rank must be in 0..{self.count - 1} (num_machines {self.count}), "
+                              f"got {self.rank}")
+        if self.count > 1 and not self.address:
+            raise ConfigError("num_machines > 1 needs main_process_ip: the address of machine 0")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"main_process_port must be a TCP port (1-65535), got {self.port}")
+
+    def launch_flags(self) -> list[str]:
+        """accelerate launch's options for these machines (a free local port when all is on one machine)."""
+        if self.count == 1:
+            return ["--num_machines", "1", "--main_process_port", str(_free_port())]
+        return ["--num_machines", str(self.count), "--machine_rank", str(self.rank),
+                "--main_process_ip", str(self.address), "--main_process_port", str(self.port)]
+
+
 def train(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None,
-          num_processes: int) -> TrainResult:
-    """Run a training stage here, or re-launch it through accelerate on `num_processes` processes."""
+          num_processes: int, machines: Machines = Machines()) -> TrainResult:
+    """Run a training stage here, or re-launch it through accelerate on `num_processes` processes in all,
+    spread over `machines` (this machine's share: num_processes / machines.count)."""
     if num_processes < 1:
         raise ConfigError(f"num_processes must be at least 1, got {num_processes}")
-    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    launched = launched_processes()
+    if launched > 1:  # under accelerate launch, torchrun or srun: this is one of the run's processes
+        if num_processes not in (1, launched) or machines.count > 1:
+            raise ConfigError(f"this process is one of {launched} started by a launcher, so "
+                              "num_processes and num_machines are the launcher's: leave them out")
+        return run_training(method_class, config, Path(out), resume)
+    if num_processes % machines.count:
+        raise ConfigError(f"num_processes ({num_processes}, over all machines) must be a multiple of num_machines "
+                          f"({machines.count})")
+    if num_processes > 1:
         open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)  # fail here, not N times
-        return relaunch(config, Path(out), resume, num_processes)
+        return relaunch(config, Path(out), resume, num_processes, machines)
     return run_training(method_class, config, Path(out), resume)
 
 
 def run_training(method_class: type[Method], config: TrainConfig, out: Path, resume: str | None) -> TrainResult:
     """Train, checkpoint, validate and save; every check that can fail runs before the first step."""
-    # 1. Data, settings and the checkpoint to resume from (verified): checked before any model loads.
+    # 1. Data, settings and the checkpoint to resume from (verified, and not past this run's end): checked before
+    # any model loads.
     data = open_dataset(Path(config.data), REQUIRED_COLUMNS + method_class.columns)
-    checkpoint = checkpoint_to_resume(out, resume, config)
-    # 2-5. Base, trainable parameters, samples, optimizer and schedule (open_session).
-    with open_session(method_class, config, out, data) as session:
+    checkpoint = checkpoint_to_resume(out, resume, config, planned_steps(config, data["train"].num_rows))
+    # 2-5. Base, trainable parameters, samples, optimizer and schedule (open_session); from here on a lost peer
+    # process is one line.
+    with peer_loss_reported(out), open_session(method_class, config, out, data) as session:
         accelerator, method = session.accelerator, session.method
         total_steps = config.total_steps(len(session.loader))
         # 6. Resume: weights, optimizer and schedule from the checkpoint; the step decides the data position.
@@ -106,23 +170,23 @@ def train_loop(s: Session, start_step: int, total_steps: int) -> float | None:
     config, accelerator = s.config, s.accelerator
     stream = micro_batches(accelerator, s.loader, start_step * config.grad_accum)
     parameters = [p for module in s.method.prepared for p in module.parameters() if p.requires_grad]
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {s.method.stage}", unit="step",
-               disable=not accelerator.is_local_main_process)
     loss = None
-    for step in range(start_step, total_steps):
-        with record_function("fsdx/step"):
-            step_loss = accumulate(s, step_batches(s, stream, step), config.grad_accum)
-            # Checked every step (one host sync): a NaN must stop the run before its update is applied.
-            loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
-            optimizer_step(s, parameters, step + 1)
-            done = step + 1
-            with record_function("fsdx/log"):
-                log_step(s, bar, done, loss, total_steps)
-                if config.checkpoint_every and done % config.checkpoint_every == 0:
-                    checkpoint(s, done)
-        if config.validate_every and done % config.validate_every == 0 and done < total_steps:
-            validate(s, done)
-    bar.close()
+    # Closed however the loop ends: an error's one line then starts on a line of its own, after the bar's.
+    with tqdm(total=total_steps, initial=start_step, desc=f"train {s.method.stage}", unit="step",
+              disable=not accelerator.is_local_main_process) as bar:
+        for step in range(start_step, total_steps):
+            with record_function("fsdx/step"):
+                step_loss = accumulate(s, step_batches(s, stream, step), config.grad_accum)
+                # Checked every step (one host sync): a NaN must stop the run before its update is applied.
+                loss = _finite_mean(accelerator, step_loss, step + 1, s.out)
+                optimizer_step(s, parameters, step + 1)
+                done = step + 1
+                with record_function("fsdx/log"):
+                    log_step(s, bar, done, loss, total_steps)
+                    if config.checkpoint_every and done % config.checkpoint_every == 0:
+                        checkpoint(s, done)
+            if config.validate_every and done % config.validate_every == 0 and done < total_steps:
+                validate(s, done)
     return loss
 
 
@@ -191,13 +255,16 @@ class Draws:
 def draw(s: Session, batch: dict[str, Any], index: int) -> Draws:
     """The random draws of micro-batch `index` (after the sketch augmentation, applied to `batch` in place)."""
     config = s.config
-    # One generator per (seed, micro-batch, process), drawn from in a fixed order: the draws do not depend on
-    # anything a resumed run could restore differently.
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, index, s.accelerator.process_index))
-    # Per-sample augmentation (ControlNet sketches) draws from its own stream of the same (seed, micro-batch,
-    # process), so enabling it leaves every draw below as it was.
-    s.method.prepare_batch(batch, derive_seed(config.seed, index, s.accelerator.process_index, AUGMENT_STREAM))
-    size = batch["index"].shape[0]
+    # One generator per (seed, micro-batch), drawn from in a fixed order: the draws do not depend on anything a
+    # resumed run could restore differently. The trailing 0 keeps the stream one-process runs have always drawn.
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, index, 0))
+    # Per-sample augmentation (ControlNet sketches) draws from its own stream of the same (seed, micro-batch),
+    # so enabling it leaves every draw below as it was.
+    s.method.prepare_batch(batch, derive_seed(config.seed, index, 0, AUGMENT_STREAM))
+    # Drawn for the global micro-batch, of which this process keeps its rows: the run's result does not depend
+    # on how many processes share it.
+    local = batch["index"].shape[0]
+    size = local * s.accelerator.num_processes
     latent = (size, s.base.vae.config.latent_channels, *[config.resolution // s.base.vae_scale_factor] * 2)
     # The order of the draws below is part of every run's result (a seed gives the runs it always gave).
     flips = torch.rand(size, generator=generator) < 0.5 if config.random_flip else torch.zeros(size, dtype=torch.bool)
@@ -207,7 +274,14 @@ def draw(s: Session, batch: dict[str, Any], index: int) -> Draws:
     if config.noise_offset:
         noise += config.noise_offset * torch.randn(latent[:2] + (1, 1), generator=generator)
     timesteps = torch.randint(0, s.base.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
-    return Draws(flips, drops, posterior, noise, timesteps)
+    return Draws(flips, drops, posterior, noise, timesteps).rows(process_rows(s.accelerator, local))
+
+
+def process_rows(accelerator: Accelerator, size: int) -> slice:
+    """This process's rows of a global micro-batch whose every process holds `size` samples (accelerate deals a
+    sampler's batches out to the processes in turn, so process p holds the global batch's p-th share)."""
+    first = accelerator.process_index * size
+    return slice(first, first + size)
 
 
 def accumulate(s: Session, micro_batches: Iterable[tuple[dict[str, Any], Draws]], count: int) -> torch.Tensor:
@@ -308,28 +382,54 @@ def write_outputs(s: Session, result: TrainResult, data: Any) -> None:
     write_card(s.out, s.config, result, result.hardware, data, s.base.family, s.validation)
 
 
-def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: int) -> TrainResult:
-    """Run this training on `num_processes` processes through `accelerate launch` and wait for it.
+def relaunch(config: TrainConfig, out: Path, resume: str | None, num_processes: int,
+             machines: Machines = Machines()) -> TrainResult:
+    """Run this training on `num_processes` processes through `accelerate launch` and wait for it: this machine's
+    share of them when the run spans several `machines` (each runs the same call with its own machine rank).
 
     The children get the resolved config as a YAML file, so they train exactly what this call resolved. On a
     machine without CUDA, accelerate runs CPU processes (gloo) when ACCELERATE_USE_CPU is set with its
-    multi-process launcher (its --cpu flag alone starts a single process).
+    multi-process launcher (its --cpu flag alone starts a single process). The children's stderr is passed on as
+    it comes; when they fail, the first one-line error one of them printed is this call's error, so the last line
+    says why the run stopped, not the launcher's traceback above it.
     """
     with tempfile.TemporaryDirectory(prefix="fsdx-launch-") as folder:
         config_file = Path(folder) / CONFIG_NAME
         config_file.write_text(config.to_yaml(), encoding="utf-8")
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(num_processes), "--num_machines", "1", "--mixed_precision", config.mixed_precision,
-                   "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                   "-m", "fashionsd_x.train.launch", str(config_file), str(out), resume or ""]
+                   str(num_processes), *machines.launch_flags(), "--mixed_precision", config.mixed_precision,
+                   "--dynamo_backend", "no", "-m", "fashionsd_x.train.launch", str(config_file), str(out), resume or ""]
         environment = dict(os.environ)
         if not torch.cuda.is_available():
             environment["ACCELERATE_USE_CPU"] = "true"
-        completed = subprocess.run(command, env=environment, check=False)
-    if completed.returncode != 0:
-        raise LaunchError(f"the {num_processes} training processes failed (exit code {completed.returncode}); "
+        returncode, error = _run_relaying_errors(command, environment)
+    if returncode != 0:
+        if error:
+            raise LaunchError(f"a training process stopped: {error}")
+        raise LaunchError(f"the {num_processes} training processes failed (exit code {returncode}); "
                           "their messages are above")
+    if not (out / RESULT_NAME).is_file():  # written by machine 0's first process
+        raise LaunchError(f"training finished, but {out / RESULT_NAME} is not visible from machine {machines.rank}: "
+                          "--out must be a folder every machine shares (resuming reads its checkpoints everywhere)")
     return TrainResult.read(out)
+
+
+ERROR_LINE = re.compile(r"fsdx train [\w-]+: error: (.*\S)")  # what launch.py prints for an expected failure
+
+
+def _run_relaying_errors(command: list[str], environment: dict[str, str]) -> tuple[int, str | None]:
+    """Run `command`, passing its stderr on as it comes; its exit code and the first ERROR_LINE message in it."""
+    decoder, pending, first = codecs.getincrementaldecoder("utf-8")(errors="replace"), "", None
+    with subprocess.Popen(command, env=environment, stderr=subprocess.PIPE) as process:
+        for chunk in iter(lambda: process.stderr.read1(1 << 16), b""):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            *lines, pending = (pending + text).split("\n")
+            first = first or next((found.group(1) for line in lines if (found := ERROR_LINE.search(line))), None)
+    if first is None and (found := ERROR_LINE.search(pending)):
+        first = found.group(1)
+    return process.returncode, first
 
 
 def _no_sync(accelerator: Accelerator, models: list[torch.nn.Module], skip: bool) -> contextlib.ExitStack:
@@ -346,6 +446,39 @@ def _finite_mean(accelerator: Accelerator, loss: torch.Tensor, step: int, out: P
     if not math.isfinite(value):
         raise NonFiniteLossError(_stop_message("the loss", value, step, out))
     return value
+
+
+@contextlib.contextmanager
+def peer_loss_reported(out: Path) -> Iterator[None]:
+    """A collective that failed because another process of the run is gone becomes a one-line PeerLostError."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not _peer_lost(error):
+            raise
+        raise PeerLostError(_lost_message(error, out)) from None
+
+
+PEER_GONE = re.compile(r"closed by peer|reset by peer|broken pipe|connection refused|timed? ?out", re.IGNORECASE)
+
+
+def _peer_lost(error: RuntimeError) -> bool:
+    # torch's own distributed errors (the rendezvous store gone, an NCCL failure) and gloo's, which reach Python
+    # as plain RuntimeErrors naming gloo's source file: "Connection closed by peer", "Timed out waiting ...".
+    text = str(error)
+    return isinstance(error, torch.distributed.DistError) or ("gloo" in text and PEER_GONE.search(text) is not None)
+
+
+def _lost_message(error: RuntimeError, out: Path) -> str:
+    # gloo's text: "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:4100. This is
+    # typically caused by ..." -> "Connection closed by peer [10.0.0.2]:4100"
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split())).split(". ")[0].rstrip(".")[:200]
+    if re.search(r"timed? ?out", reason, re.IGNORECASE):
+        reason += f"; {PEER_TIMEOUT_VARIABLE} sets how many seconds a process waits for the others"
+    kept = complete_checkpoints(out / "checkpoints")
+    last = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+    return (f"lost contact with another process of the run ({reason}): a machine or process stopped, or the "
+            f"network failed; {last}: restart every machine with --resume latest")
 
 
 def _stop_message(what: str, value: float, step: int, out: Path) -> str:

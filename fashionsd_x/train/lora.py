@@ -22,7 +22,7 @@ from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base, first_line
 from fashionsd_x.models.export import kohya_state_dict
 from fashionsd_x.train.config import LORA_INITS, ConfigError, LoraTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import train
+from fashionsd_x.train.core import Machines, train
 from fashionsd_x.train.method import UNetMethod, add_metadata
 from fashionsd_x.train.result import TrainResult
 
@@ -35,8 +35,9 @@ class LoraMismatchError(ValueError):
 
 
 def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"), config: Path | None = None,
-               resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
-               **settings: Any) -> TrainResult:
+               resume: str | None = None, num_processes: int = 1, num_machines: int = 1,
+               machine_rank: int = 0, main_process_ip: str | None = None, main_process_port: int = 29500,
+               overrides: dict[str, str] | None = None, **settings: Any) -> TrainResult:
     """Fine-tune a Stable Diffusion base with LoRA on a garment dataset (image + caption).
 
     OUT gets pytorch_lora_weights.safetensors (diffusers: pipe.load_lora_weights(OUT)), the same LoRA in
@@ -52,14 +53,21 @@ def train_lora(data: Path, base: str = "tiny", out: Path = Path("outputs/lora"),
         out: output folder.
         config: YAML file of settings (a preset in configs/ or an earlier run's train_config.yaml).
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate; over
+            several machines, all of theirs together (docs/multi-node.md).
+        num_machines: machines (nodes) the run spans, each running this same command with its own --machine-rank.
+        machine_rank: this machine's number, 0 to num_machines - 1; machine 0's first process writes OUT, a folder
+            every machine shares.
+        main_process_ip: address of machine 0 as the other machines reach it (needed when num_machines > 1).
+        main_process_port: port on machine 0 where the machines meet.
         overrides: any other setting by name, values as YAML scalars.
         settings: any field of LoraTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
             option of the command, with its meaning and default in --help.
     """
     run_config = resolve_config(
         LoraTrainConfig, config, overrides, data=local_source(data), base=local_source(base), **settings)
-    return train(LoraMethod, run_config, Path(out), resume, num_processes)
+    return train(LoraMethod, run_config, Path(out), resume, num_processes,
+                 Machines(num_machines, machine_rank, main_process_ip, main_process_port))
 
 
 class LoraMethod(UNetMethod):

@@ -16,14 +16,15 @@ from fashionsd_x.files import export_folder
 from fashionsd_x.models.base import Base
 from fashionsd_x.models.components import standardize_text_encoder
 from fashionsd_x.train.config import BaseTrainConfig, local_source, resolve_config
-from fashionsd_x.train.core import train
+from fashionsd_x.train.core import Machines, train
 from fashionsd_x.train.method import UNetMethod, add_metadata
 from fashionsd_x.train.result import TrainResult
 
 
 def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"), config: Path | None = None,
-               resume: str | None = None, num_processes: int = 1, overrides: dict[str, str] | None = None,
-               **settings: Any) -> TrainResult:
+               resume: str | None = None, num_processes: int = 1, num_machines: int = 1,
+               machine_rank: int = 0, main_process_ip: str | None = None, main_process_port: int = 29500,
+               overrides: dict[str, str] | None = None, **settings: Any) -> TrainResult:
     """Train every weight of a base's UNet (and its text encoder) on a garment dataset; the VAE stays frozen.
 
     For a base built from random weights (the embedded tiny model's recipe) or a full fine-tune. OUT becomes a
@@ -38,14 +39,21 @@ def train_base(data: Path, base: str = "tiny", out: Path = Path("outputs/base"),
         out: output folder.
         config: YAML file of settings (an earlier run's train_config.yaml).
         resume: continue from `latest` (the newest complete checkpoint in OUT/checkpoints) or a checkpoint folder.
-        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate.
+        num_processes: data-parallel processes (GPUs, or CPU processes without CUDA), launched via accelerate; over
+            several machines, all of theirs together (docs/multi-node.md).
+        num_machines: machines (nodes) the run spans, each running this same command with its own --machine-rank.
+        machine_rank: this machine's number, 0 to num_machines - 1; machine 0's first process writes OUT, a folder
+            every machine shares.
+        main_process_ip: address of machine 0 as the other machines reach it (needed when num_machines > 1).
+        main_process_port: port on machine 0 where the machines meet.
         overrides: any other setting by name, values as YAML scalars.
         settings: any field of BaseTrainConfig by name (max_steps=100, lr=1e-4, ...); every one is also an
             option of the command, with its meaning and default in --help.
     """
     run_config = resolve_config(
         BaseTrainConfig, config, overrides, data=local_source(data), base=local_source(base), **settings)
-    return train(BaseMethod, run_config, Path(out), resume, num_processes)
+    return train(BaseMethod, run_config, Path(out), resume, num_processes,
+                 Machines(num_machines, machine_rank, main_process_ip, main_process_port))
 
 
 class BaseMethod(UNetMethod):

@@ -4,18 +4,20 @@ resume point, held in one Session for the loop (core.py)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, get_int_from_env, set_seed
 from diffusers import ModelMixin
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
@@ -29,6 +31,11 @@ from fashionsd_x.train.data import EpochSampler, TrainItems, collate, tokenize, 
 from fashionsd_x.train.method import Method
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Seconds a process waits for the others at a collective before it stops with a one-line error: how long a run
+# hangs on a machine that vanished without closing its connections (one killed or crashed closes them, and the
+# others stop at once). Longer than any wait of a healthy run (machine 0 alone writes a checkpoint, validates).
+PEER_TIMEOUT_VARIABLE = "FSDX_PEER_TIMEOUT"
+DEFAULT_PEER_TIMEOUT = 600.0
 
 
 @dataclass
@@ -111,10 +118,19 @@ def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, t
     """The one place device and precision are decided: accelerate's device, and the frozen models' dtype."""
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU (CPU autocast has no float16); use bf16 or no")
+    # Launched processes without CUDA are CPU processes (gloo) whatever the launcher: under torchrun, which does not
+    # set ACCELERATE_USE_CPU, accelerate would otherwise run each of them alone, all writing OUT.
+    launched = launched_processes()
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+        mixed_precision=config.mixed_precision, cpu=launched > 1 and not torch.cuda.is_available(),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=peer_timeout()))])
     try:
+        if accelerator.num_processes != launched:
+            raise ConfigError(f"the launcher started {launched} processes but accelerate sees "
+                              f"{accelerator.num_processes}: each would train alone and write OUT; launch with "
+                              "accelerate launch or torchrun (docs/multi-node.md)")
         yield accelerator, WEIGHT_DTYPES[accelerator.mixed_precision]
     finally:
         accelerator.end_training()
@@ -122,6 +138,20 @@ def accelerated(config: TrainConfig, out: Path) -> Iterator[tuple[Accelerator, t
         # it lets one Python process (a notebook, the studio) train again with other settings, after a failure
         # too. The process group (PartialState) stays, so a launched multi-process run is unaffected.
         AcceleratorState._reset_state()
+
+
+def peer_timeout() -> float:
+    """FSDX_PEER_TIMEOUT in seconds (a launcher passes the environment to every process), else the default."""
+    text = os.environ.get(PEER_TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_PEER_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{PEER_TIMEOUT_VARIABLE} must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def place_models(base: Base, method: Method, device: torch.device, weight_dtype: torch.dtype) -> None:
@@ -179,7 +209,21 @@ def hardware(accelerator: Accelerator) -> str:
     return f"{accelerator.num_processes} x {name}, mixed precision {accelerator.mixed_precision}"
 
 
-def checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> Path | None:
+def planned_steps(config: TrainConfig, rows: int) -> int:
+    """The optimizer steps a run over `rows` train samples makes, known before its loader exists: each of the
+    launch's processes gets ceil(batches / processes) micro-batches an epoch (accelerate's sharding with even
+    batches), the loader's len()."""
+    return config.total_steps(math.ceil(math.ceil(rows / config.batch_size) / launched_processes()))
+
+
+def launched_processes() -> int:
+    """The processes of this run, as its launcher tells each of them (torchrun's WORLD_SIZE, or MPI's, which
+    accelerate reads as well); 1 when not launched."""
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig, total_steps: int) -> Path | None:
+    """The verified checkpoint to resume from (None: a new run), refused unless this run can continue it."""
     root = out / "checkpoints"
     if resume is None:
         if complete_checkpoints(root):
@@ -190,6 +234,14 @@ def checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> 
     if checkpoint is None:
         print(f"no intact checkpoint in {root}: starting a new run", file=sys.stderr)
         return None
+    check_continues(checkpoint, config, total_steps)
+    return checkpoint
+
+
+def check_continues(checkpoint: Path, config: TrainConfig, total_steps: int) -> None:
+    """Refuse a checkpoint this run cannot continue: of another stage, made with other settings, by another number
+    of processes (another global batch), or past the `total_steps` this run makes (its weights, trained longer,
+    would be saved as a shorter run's)."""
     state = read_state(checkpoint)
     if state["stage"] != config.stage:
         raise CheckpointError(f"checkpoint {checkpoint} is from `fsdx train {state['stage']}`, not {config.stage}")
@@ -199,7 +251,15 @@ def checkpoint_to_resume(out: Path, resume: str | None, config: TrainConfig) -> 
         detail = ", ".join(f"{name} {old.get(name)!r} -> {new[name]!r}" for name in changed)
         raise CheckpointError(f"checkpoint {checkpoint} was made with other settings ({detail}); only "
                               f"{', '.join(RUN_FIELDS)} may change when resuming")
-    return checkpoint
+    processes = launched_processes()
+    if state.get("num_processes", processes) != processes:
+        raise CheckpointError(f"checkpoint {checkpoint} was written by a run of {state['num_processes']} processes and "
+                              f"this run has {processes}: the global batch and each process's place in the data would "
+                              f"change; resume with {state['num_processes']} processes")
+    if state["step"] > total_steps:
+        raise CheckpointError(f"checkpoint {checkpoint} is at step {state['step']}, past the {total_steps} steps "
+                              f"this run asks for (max_steps/epochs): ask for at least {state['step']} steps, or "
+                              "start a new run in another output folder")
 
 
 def run_hparams(config: TrainConfig) -> dict[str, Any]:
