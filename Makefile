@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml requirements/lock.txt
 demo: setup
 	$(BIN)/fsdx demo
 
-# The layers and no-cycles contracts (pyproject.toml, import-linter), then the suite.
+# The layers and no-cycles contracts (pyproject.toml, import-linter), then the suite on two workers (one per core
+# here); a module runs on one worker, so its shared fixtures are built once.
 test: setup browser
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # The documentation site: docs/ into site/ (mkdocs-material, the `docs` extra), warnings as errors. The CLI reference
 # page is generated from fsdx's own parsers at every build (docs/gen_cli.py, run by docs/hooks.py).
