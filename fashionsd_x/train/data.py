@@ -19,6 +19,7 @@ from fashionsd_x.data.build import REPORT_NAME
 from fashionsd_x.data.conditioning import SketchConditioning, control_image
 from fashionsd_x.data.images import pad_to_square, to_rgb
 from fashionsd_x.data.regions import garment_mask
+from fashionsd_x.notices import notify
 
 REQUIRED_COLUMNS = ("image", "text")
 
@@ -72,6 +73,16 @@ def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
     """CLIP token ids padded/truncated to the tokenizer's context (77), as the SD pipelines tokenize prompts."""
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
+
+
+def warn_long_captions(texts: list[str | None], tokenizer: Any) -> None:
+    """One notice for the captions longer than the text encoder reads: training sees them cut, as generation does."""
+    limit = tokenizer.model_max_length
+    lengths = [len(ids) for ids in tokenizer([text or "" for text in texts], truncation=False).input_ids]
+    longer = [length for length in lengths if length > limit]
+    if longer:
+        notify(f"{len(longer)} of {len(lengths)} training captions are longer than the text encoder's {limit} "
+               f"tokens (up to {max(longer)}): each is truncated to its first {limit}")
 
 
 CONTROL_MEMO_BYTES = 1 << 30  # at most 1 GiB of sketch conditionings kept per process (about 340 at 512 px)

@@ -27,7 +27,8 @@ from fashionsd_x.models.base import Base, load_base
 from fashionsd_x.train.cache import build_cache, cache_folder
 from fashionsd_x.train.checkpoints import CheckpointError, complete_checkpoints, find_checkpoint, read_state
 from fashionsd_x.train.config import PREDICTION_TYPES, RUN_FIELDS, ConfigError, TrainConfig
-from fashionsd_x.train.data import EpochSampler, TrainItems, collate, tokenize, validation_samples
+from fashionsd_x.train.data import (EpochSampler, TrainItems, collate, tokenize, validation_samples,
+                                    warn_long_captions)
 from fashionsd_x.train.method import Method
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -88,6 +89,8 @@ def open_session(method_class: type[Method], config: TrainConfig, out: Path, dat
                                   method.cache_identity())
             cache = build_cache(folder, data["train"], base, config.resolution, config.random_flip,
                                 config.batch_size, accelerator)
+        if accelerator.is_main_process:
+            warn_long_captions(data["train"]["text"], base.tokenizer)
         # A text encoder being trained cannot use cached caption embeddings: it gets token ids instead.
         cached_text = cache is not None and not method.trains_text_encoder
         items = TrainItems(data["train"], base.tokenizer, config.resolution, control="sketch" in method.columns,

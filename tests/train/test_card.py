@@ -34,3 +34,4 @@ def test_the_licence_and_base_model_follow_the_base(base, expected):
         validate_repo_id(licence["base_model"])
     if licence["license"] == "other":  # the Hub asks for both with "other"
         assert licence["license_name"] == licence["license_name"].lower() and licence["license_link"]
+
