@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from diffusers import ControlNetModel
 from diffusers.utils import convert_state_dict_to_kohya
 from safetensors import SafetensorError, safe_open
@@ -26,6 +28,7 @@ from fashionsd_x.models.ldm_keys import (
 )
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the diffusers-format file in a `fsdx train lora` folder
+CONFIG_METADATA_KEY = "fashionsd_x_train_config"  # where `fsdx train` records its config in a weights file
 CONTROLNET_CLASS = "ControlNetModel"  # config.json's _class_name in a ControlNet folder
 CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 CONTROLNET_FILES = "config.json with _class_name ControlNetModel and diffusion_pytorch_model.safetensors"
@@ -83,8 +86,35 @@ def export_lora(lora: str | Path, path: str | Path) -> Path:
     alpha, rank = _lora_alpha_and_rank(metadata, unet or text)
     path = _safetensors_path(path)
     _save(kohya_state_dict(unet, text, alpha), path, {"format": "pt", "ss_network_module": "networks.lora",
-                                                      "ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
+                                                      "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+                                                      **_kohya_base(metadata, unet)})
     return path
+
+
+def _kohya_base(metadata: dict[str, str], unet: dict[str, torch.Tensor]) -> dict[str, str]:
+    """kohya's metadata on the base a LoRA is for (ss_base_model_version, ss_v2, ss_v_parameterization), as
+    `fsdx train lora` writes it in its own kohya file: SD 2.x by the cross-attention width its attn2.to_k reads
+    (1024; 1.x reads 768), v-prediction from the run's recorded config."""
+    widths = {tensor.shape[1] for key, tensor in unet.items() if "attn2.to_k.lora_A" in key}
+    v2 = 1024 in widths
+    try:
+        recorded = yaml.safe_load(metadata.get(CONFIG_METADATA_KEY, "")) or {}
+    except yaml.YAMLError:
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    prediction = recorded.get("prediction_type") or _scheduler_prediction(recorded.get("base"))
+    v_prediction = prediction == "v_prediction"
+    return {"ss_base_model_version": "sd_v2" if v2 else "sd_v1", "ss_v2": str(v2),
+            "ss_v_parameterization": str(v_prediction)}
+
+
+def _scheduler_prediction(base: Any) -> str | None:
+    """The prediction type a base folder's scheduler config names (None for a hub id, a file, or none given)."""
+    config = Path(str(base)) / "scheduler" / "scheduler_config.json" if base else None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("prediction_type") if config else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_controlnet_folder(folder: str | Path) -> None:

@@ -102,3 +102,16 @@ def test_shipped_model_has_standard_clip_keys_and_a_kohya_lora():
     keys = list(safe_open(str(EMBEDDED_DIR / "text_encoder" / "model.safetensors"), "pt").keys())
     assert keys and all(key.startswith("text_model.") for key in keys)  # what transformers 4 expects too
     assert (EMBEDDED_DIR / "lora" / "pytorch_lora_weights_kohya.safetensors").is_file()
+
+
+def test_an_exported_lora_carries_the_kohya_metadata_of_the_shipped_file(tmp_path):
+    """The base's version, v2 and v-parameterization, as `fsdx train lora` writes them in its own kohya file."""
+    from fashionsd_x.models.export import export_lora
+
+    written = export_lora(EMBEDDED_DIR / "lora", tmp_path / "lora.safetensors")
+    with safe_open(str(written), "pt") as exported, \
+            safe_open(str(EMBEDDED_DIR / "lora" / "pytorch_lora_weights_kohya.safetensors"), "pt") as shipped:
+        ours, theirs = exported.metadata(), shipped.metadata()
+    kohya = {key: value for key, value in theirs.items() if key.startswith("ss_")}
+    assert {"ss_base_model_version", "ss_v2", "ss_v_parameterization"} <= set(kohya)
+    assert {key: ours.get(key) for key in kohya} == kohya
