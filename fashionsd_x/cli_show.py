@@ -35,7 +35,15 @@ def data_sketch_styles(out: Any) -> int:
 
 
 def export(path: Any) -> int:
+    from safetensors import safe_open
+
     print(f"wrote {path}")
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if "vae_scaling_factor" in metadata:  # a whole model: how diffusers reads it offline, with its own configs
+        print(f"diffusers: StableDiffusionPipeline.from_single_file({str(path)!r}, "
+              f"config={metadata['exported_from']!r})  (VAE scaling factor {metadata['vae_scaling_factor']}; "
+              "without config= diffusers fetches SD's configs from the Hub)")
     return 0
 
 

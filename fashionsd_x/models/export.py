@@ -48,8 +48,9 @@ def export_single_file(folder_or_base: str | Path | Base, path: str | Path) -> P
         **prefixed(VAE_PREFIX, vae_to_ldm(base.vae.state_dict(), len(base.vae.config.up_block_types))),
         **prefixed(CLIP_PREFIX, text_encoder_to_ldm(base.text_encoder.state_dict())),
     }
+    # The VAE's latent scale is in no tensor (SD's 0.18215 is assumed by readers); a base with its own travels here.
     metadata = {"format": "pt", "family": base.family, "prediction_type": base.prediction_type,
-                "exported_from": base.source}
+                "exported_from": base.source, "vae_scaling_factor": str(base.vae.config.scaling_factor)}
     _save(tensors, path, metadata)
     return path
 

@@ -148,11 +148,21 @@ def load_single_file(path: Path, config: str | Path | None, prediction_type: str
         CLIPTextModel, read_tensors(path, (CLIP_PREFIX, OPEN_CLIP_PREFIX)), subfolder="text_encoder", **common))
     for component, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
         check_loaded(model, component, path, folder)
+    if scale := _recorded_float(checkpoint_metadata(path).get("vae_scaling_factor")):  # export_single_file's
+        vae.register_to_config(scaling_factor=scale)
     scheduler_config = load("scheduler", lambda: DDPMScheduler.load_config(folder, subfolder="scheduler"))
     noise_scheduler, sampler = build_schedulers(scheduler_config, prediction_type, str(path))
     return Base(tokenizer=load_tokenizer(config_folder), text_encoder=text_encoder.eval(), vae=vae.eval(),
                 unet=unet.eval(), noise_scheduler=noise_scheduler, source=str(path), kind="single_file",
                 sampler=sampler)
+
+
+def _recorded_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 < value < float("inf") else None
 
 
 def missing_tensors(component: str, folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:

@@ -115,3 +115,18 @@ def test_an_exported_lora_carries_the_kohya_metadata_of_the_shipped_file(tmp_pat
     kohya = {key: value for key, value in theirs.items() if key.startswith("ss_")}
     assert {"ss_base_model_version", "ss_v2", "ss_v_parameterization"} <= set(kohya)
     assert {key: ours.get(key) for key in kohya} == kohya
+
+
+def test_an_exported_model_carries_its_vae_scale_and_says_how_diffusers_reads_it(tmp_path, capsys):
+    """The tiny VAE's latent scale is no tensor and not SD's 0.18215: it travels in the file's metadata."""
+    from diffusers import AutoencoderKL
+
+    from fashionsd_x.cli import main
+
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path / "model.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    scale = AutoencoderKL.load_config(EMBEDDED_DIR / "vae")["scaling_factor"]
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        assert float(handle.metadata()["vae_scaling_factor"]) == scale != 0.18215
+    assert f"from_single_file('{tmp_path / 'model.safetensors'}', config='{EMBEDDED_DIR}')" in printed
+    assert load_base(tmp_path / "model.safetensors", config=EMBEDDED_DIR).vae.config.scaling_factor == scale
