@@ -11,7 +11,7 @@ from typing import Any
 def sketch(report: Any) -> int:
     print(f"wrote {len(report.written)} sketch(es) to {report.out}")
     _print_skips(report.skipped)
-    return 0 if report.written else _nothing_done("no sketch written: every input was skipped")
+    return 0 if report.written else _nothing_done("sketch", "no sketch written: every input was skipped")
 
 
 def data_build(result: Any) -> int:
@@ -72,7 +72,7 @@ def generate(run: Any) -> int:
     print(f"wrote {len(run.files)} image(s) to {run.out} (parameters in each PNG and in {run.log.name})")
     _print_skips([(f"batch line {s.get('line')}", s["reason"]) for s in run.skipped])
     if not run.files:
-        return _nothing_done("no image written: " + ("every batch line was skipped" if run.skipped
+        return _nothing_done("generate", "no image written: " + ("every batch line was skipped" if run.skipped
                                                      else "the batch file has no lines"))
     return 0
 
@@ -93,9 +93,9 @@ def demo(result: Any) -> int:
     return 0
 
 
-def _nothing_done(reason: str) -> int:
+def _nothing_done(command: str, reason: str) -> int:
     """A run that produced nothing is not a success: say why, exit 1."""
-    print(f"fsdx: {reason}", file=sys.stderr)
+    print(f"fsdx {command}: error: {reason}", file=sys.stderr)
     return 1
 
 

@@ -258,7 +258,7 @@ def check_writable(folder: Path | str, need: int = MIN_FREE) -> None:
         finally:
             probe.unlink(missing_ok=True)
     except OSError as error:
-        problem = storage_problem(error, folder)
+        problem = storage_problem(_renamed(error, folder))  # the folder asked for, not the probe's name
         if problem is None:
             raise
         raise StorageError(error.errno, problem) from None
