@@ -36,11 +36,19 @@ def test_top_level_help_lists_every_stage():
         assert word in result.stdout
 
 
+def help_of(capsys: pytest.CaptureFixture, *words: str) -> str:
+    """`fsdx WORDS --help` as printed, run in this process (the same parser; `fsdx --help` runs as a user's)."""
+    from fashionsd_x.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
-def test_every_subcommand_explains_every_option(command):
-    result = fsdx(*command.name.split(), "--help")
-    assert result.returncode == 0, result.stderr
-    help_text = " ".join(result.stdout.split())
+def test_every_subcommand_explains_every_option(command, capsys):
+    help_text = " ".join(help_of(capsys, *command.name.split()).split())
     _, _, arg_help = _parse_docstring(command.function().__doc__ or "")
     for name, parameter in inspect.signature(command.function()).parameters.items():
         if name == "overrides":  # not a flag: any other `--field value` (said in the help's epilog)
@@ -160,7 +168,7 @@ def test_bad_numbers_are_one_line_before_any_work(capsys, tmp_path, args, fragme
 
 @pytest.mark.parametrize("stage, config_name", [("lora", "LoraTrainConfig"), ("controlnet", "ControlNetTrainConfig"),
                                                 ("base", "BaseTrainConfig")])
-def test_training_options_are_the_config_fields_described_once(stage, config_name):
+def test_training_options_are_the_config_fields_described_once(stage, config_name, capsys):
     import dataclasses
     import inspect
 
@@ -168,9 +176,7 @@ def test_training_options_are_the_config_fields_described_once(stage, config_nam
     from fashionsd_x.train.config import field_help
 
     config_class = getattr(configs, config_name)
-    result = fsdx("train", stage, "--help")
-    assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())
+    text = " ".join(help_of(capsys, "train", stage).split())
     helps = field_help(config_class)
     own = {"data", "base", "lora", "init"}  # parameters of the entry point, with their own help
     for item in dataclasses.fields(config_class):

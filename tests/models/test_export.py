@@ -53,17 +53,17 @@ def test_lora_export_equals_the_kohya_file_training_wrote(tmp_path):
     assert safe_open(str(path), "pt").metadata()["ss_network_dim"] == str(rank)  # the rank the LoRA trained with
 
 
-def test_export_command(tiny_base, controlnet_folder, tmp_path):
+def test_export_command(tiny_base, controlnet_folder, tmp_path, capsys):
     result = fsdx("export", "--model", str(tiny_base), "--out", str(tmp_path / "base.safetensors"))
     assert result.returncode == 0, result.stderr
     assert any(key.startswith("model.diffusion_model.") for key in safe_open(str(tmp_path / "base.safetensors"), "pt").keys())
-    result = fsdx("export", "--controlnet", str(controlnet_folder), "--out", str(tmp_path / "cn.safetensors"))
-    assert result.returncode == 0, result.stderr
+    code, err = run_main(capsys, "export", "--controlnet", controlnet_folder, "--out", tmp_path / "cn.safetensors")
+    assert code == 0, err
     for wrong in (["--controlnet", str(controlnet_folder), "--lora", str(EMBEDDED_DIR / "lora")], []):
-        result = fsdx("export", *wrong, "--out", str(tmp_path / "x.safetensors"))
-        assert result.returncode == 2 and "exactly one of" in result.stderr and "Traceback" not in result.stderr
-    result = fsdx("export", "--controlnet", str(controlnet_folder), "--out", str(tmp_path / "x.ckpt"))
-    assert result.returncode == 2 and ".safetensors" in result.stderr
+        code, err = run_main(capsys, "export", *wrong, "--out", tmp_path / "x.safetensors")
+        assert code == 2 and "exactly one of" in err and "Traceback" not in err
+    code, err = run_main(capsys, "export", "--controlnet", controlnet_folder, "--out", tmp_path / "x.ckpt")
+    assert code == 2 and ".safetensors" in err
     assert not (tmp_path / "x.safetensors").exists()
 
 
