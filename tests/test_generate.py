@@ -467,13 +467,14 @@ def test_the_region_and_cleanup_are_in_the_png_and_replay(generator, tmp_path):
 
 @pytest.mark.parametrize("region, message", [("0.5,0,1.5,1", "fractions from 0 to 1"), ("0,0,0,1", "x0 < x1"),
                                              ("left half", "x0,y0,x1,y1")])
-def test_a_bad_region_is_refused_before_the_model_loads(tmp_path, region, message):
+def test_a_bad_region_is_refused_before_the_model_loads(tmp_path, region, message, capsys):
+    from tests.test_cli import run_main  # fsdx's own entry point, in this process
+
     _two_garment_page().save(tmp_path / "page.png")
-    result = subprocess.run([sys.executable, "-m", "fashionsd_x", "generate", "--model", str(tmp_path / "nowhere"),
-                             "--prompt", "a dress", "--sketch", str(tmp_path / "page.png"), "--sketch-region", region,
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    code, err = run_main(capsys, "generate", "--model", tmp_path / "nowhere", "--prompt", "a dress", "--sketch",
+                         tmp_path / "page.png", "--sketch-region", region, "--out", tmp_path / "out")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "out").exists()
 
 
