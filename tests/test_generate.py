@@ -535,23 +535,25 @@ def test_batch_fields_null_is_not_given_and_unknown_ones_are_refused(models, tmp
     assert "needs a non-empty prompt" in reasons[4]
 
 
-def test_nothing_to_do_is_not_success(models, tmp_path):
+def test_nothing_to_do_is_not_success(models, tmp_path, capsys):
+    from tests.test_cli import run_main
+
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    command = [sys.executable, "-m", "fashionsd_x", "generate", "--model", str(models["base"]), "--steps", "1"]
-    result = subprocess.run([*command, "--batch", str(empty), "--out", str(tmp_path / "out")], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 2 and "has no line to generate" in result.stderr and not (tmp_path / "out").exists()
+    code, err = run_main(capsys, "generate", "--model", models["base"], "--steps", "1", "--batch", empty, "--out",
+                         tmp_path / "out")
+    assert code == 2 and "has no line to generate" in err and not (tmp_path / "out").exists()
 
 
-def test_a_long_negative_prompt_is_warned_once_like_the_prompt(models, tmp_path):
+def test_a_long_negative_prompt_is_warned_once_like_the_prompt(models, tmp_path, capsys):
+    from tests.test_cli import run_main
+
     long_text = " ".join(["blurry"] * 90)
-    command = [sys.executable, "-m", "fashionsd_x", "generate", "--model", str(models["base"]), "--steps", "1",
-               "--n", "2", "--prompt", long_text, "--negative-prompt", long_text, "--out", str(tmp_path / "out")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
-    assert len(warnings) == 2, result.stderr  # one per text, not one per image, in the project's own format
+    code, err = run_main(capsys, "generate", "--model", models["base"], "--steps", "1", "--n", "2", "--prompt",
+                         long_text, "--negative-prompt", long_text, "--out", tmp_path / "out")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 2, err  # one per text, not one per image, in the project's own format
     assert warnings[0].startswith("fsdx generate: warning: prompt is 92 tokens")
     assert warnings[1].startswith("fsdx generate: warning: negative prompt is 92 tokens")
 
