@@ -58,7 +58,7 @@ def test_folders_made_for_the_lock_go_when_the_run_wrote_nothing(tmp_path):
 
 def test_two_commands_started_together_on_one_out_one_is_refused(tmp_path):
     """Two `fsdx data synth` at the same moment on one --out: exactly one writes, the other is one line."""
-    command = [sys.executable, "-m", "fashionsd_x", "data", "synth", "--num", "100", "--size", "128", "--out",
+    command = [sys.executable, "-m", "fashionsd_x", "data", "synth", "--num", "300", "--size", "128", "--out",
                str(tmp_path / "out")]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
@@ -97,3 +97,16 @@ def test_too_little_space_is_refused_before_work(tmp_path):
     with pytest.raises(StorageError, match="free on its disk, and this needs at least"):
         check_writable(tmp_path, need=1 << 62)
     assert list(tmp_path.iterdir()) == []  # the probe is gone
+
+
+def test_a_command_on_a_held_output_is_one_line_naming_the_holder(tmp_path, capsys):
+    from tests.test_cli import run_main
+
+    process = _holder(tmp_path / "out")
+    try:
+        code, err = run_main(capsys, "data", "synth", "--num", "2", "--size", "64", "--out", tmp_path / "out")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert code == 2 and err.count("\n") == 1 and f"is in use by fsdx test (pid {process.pid} on " in err, err
+    assert not (tmp_path / "out").exists()
