@@ -436,12 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _held(outputs: list[Path], holder: str) -> typing.Iterator[None]:
     """Check each output writable with space free, then hold it for this run (by the first process of a
     multi-process launch only: the others write through it)."""
-    from fashionsd_x.files import check_writable, claim
+    from fashionsd_x.files import check_writable, claim, nearest_folder
 
     with contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:
             for output in outputs:
-                check_writable(_nearest_folder(output))
+                check_writable(nearest_folder(output) or Path.cwd())  # nothing is created here
                 stack.enter_context(claim(output, holder))
         yield
 
@@ -488,14 +488,6 @@ def _thread_storage_errors() -> typing.Iterator[list[BaseException]]:
         yield refused
     finally:
         threading.excepthook = shown
-
-
-def _nearest_folder(path: Path) -> Path:
-    """`path` if it is a folder, else the nearest folder above it that exists (nothing is created here)."""
-    for candidate in (path, *path.parents):
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd()
 
 
 def _is_user_error(error: Exception) -> bool:

@@ -221,18 +221,15 @@ def storage_problem(error: BaseException, where: Path | str | None = None) -> st
 
 
 def _free_text(path: Path) -> str:
-    folder = _existing(path)
+    folder = nearest_folder(path)
     if folder is None:
         return "free space unknown"
     return f"{human_bytes(shutil.disk_usage(folder).free)} free on {folder}'s disk"
 
 
-def _existing(path: Path) -> Path | None:
-    """`path`, or its nearest folder that exists."""
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate if candidate.is_dir() else candidate.parent
-    return None
+def nearest_folder(path: Path) -> Path | None:
+    """`path` if it is a folder, else the nearest folder above it that exists (None if none does)."""
+    return next((candidate for candidate in (path, *path.parents) if candidate.is_dir()), None)
 
 
 def human_bytes(count: float) -> str:

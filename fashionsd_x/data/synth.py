@@ -835,7 +835,7 @@ def synthesize(out: Path, num: int, seed: int = 0, size: int = 256, categories: 
     (out / "metadata.jsonl").unlink(missing_ok=True)  # an interrupted rewrite must not look like a finished one
     rows = [_write_item(images, seed, index, size, filters, framing) for index in range(start, start + num)]
     _remove_stale(images, {Path(row["file_name"]).name for row in rows})
-    _write_atomic(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_text(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return out
 
 
@@ -873,10 +873,6 @@ def _write_item(images: Path, seed: int, index: int, size: int, filters: tuple[t
 def _save_png(image: Image.Image, path: Path) -> None:
     with atomic_path(path) as temporary:  # whole or absent, even on a full disk
         image.save(temporary, format="PNG")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    write_text(path, text)
 
 
 def _remove_stale(images: Path, keep: set[str]) -> None:
